@@ -1,0 +1,94 @@
+"""Pieces shared by the balancers: the log transform, the domain checks, assembling a gradient."""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDict
+
+from ..base import TaskGradients
+from ..params import task_names
+from ..tree import scale_rows
+
+__all__ = ["log_transform", "check_log_domain", "assemble", "weighted_tasks", "zeros_like_rows"]
+
+
+def check_log_domain(losses: torch.Tensor, params: TensorDict) -> None:
+    """Raises ``ValueError`` naming the tasks whose loss is negative (eager only).
+
+    Under ``torch.compile`` the check is skipped: log of a negative loss is NaN, and the
+    step's finiteness guard keeps the parameters unchanged and clears ``info["ok"]``.
+
+    Example:
+        >>> p = TensorDict({"shared": {}, "tasks": {"seg": {}, "depth": {}}}, [])
+        >>> check_log_domain(torch.tensor([0.5, -1.0]), p)
+        Traceback (most recent call last):
+        ...
+        ValueError: log transform needs non-negative losses; task 'depth' has loss -1
+    """
+    if torch.compiler.is_compiling():
+        return
+    negative = (losses < 0).nonzero().flatten().tolist()
+    if negative:
+        names = task_names(params)
+        what = ", ".join(f"task {names[i]!r} has loss {losses[i].item():.6g}" for i in negative)
+        raise ValueError(f"log transform needs non-negative losses; {what}")
+
+
+def log_transform(grads: TaskGradients, params: TensorDict, eps: float) -> TaskGradients:
+    """Replaces ℓ_t by log(ℓ_t + ε) and its gradients by ∇ℓ_t / (ℓ_t + ε) (paper Sec. 3.1).
+
+    .. math::
+        \\nabla \\log(\\ell_t + \\epsilon) = \\frac{\\nabla \\ell_t}{\\ell_t + \\epsilon}
+
+    Example:
+        >>> p = TensorDict({"shared": {}, "tasks": {"a": {}}}, [])
+        >>> g = TaskGradients(torch.tensor([3.0]), TensorDict({"w": torch.tensor([[6.0]])}, [1]),
+        ...                   TensorDict({"a": {"b": torch.tensor([3.0])}}, []))
+        >>> out = log_transform(g, p, 0.0)
+        >>> out.shared["w"], out.tasks["a", "b"]
+        (tensor([[2.]]), tensor([1.]))
+    """
+    check_log_domain(grads.losses, params)
+    scale = 1.0 / (grads.losses + eps)
+    tasks = TensorDict(
+        {n: grads.tasks[n].apply(lambda v, s=scale[i]: v * s) for i, n in enumerate(task_names(params))},
+        [],
+    )
+    return TaskGradients(torch.log(grads.losses + eps), scale_rows(scale, grads.shared), tasks)
+
+
+def weighted_tasks(weights: torch.Tensor, tasks: TensorDict) -> TensorDict:
+    """Task-specific gradients with head t scaled by ``weights[t]``.
+
+    Example:
+        >>> t = TensorDict({"a": {"b": torch.ones(2)}, "c": {"b": torch.ones(1)}}, [])
+        >>> weighted_tasks(torch.tensor([2.0, 3.0]), t)["c", "b"]
+        tensor([3.])
+    """
+    return TensorDict(
+        {n: tasks[n].apply(lambda v, w=weights[i]: v * w.to(v.dtype)) for i, n in enumerate(tasks.keys())},
+        [],
+    )
+
+
+def assemble(shared: TensorDict, tasks: TensorDict) -> TensorDict:
+    """A gradient shaped like ``params``: ``{"shared": shared, "tasks": tasks}``.
+
+    Example:
+        >>> assemble(TensorDict({"w": torch.ones(1)}, []), TensorDict()).keys()
+        _StringKeys(dict_keys(['shared', 'tasks']))
+    """
+    return TensorDict({"shared": shared, "tasks": tasks}, [])
+
+
+def zeros_like_rows(shared: TensorDict, num_tasks: int) -> TensorDict:
+    """A ``[T]``-stacked TensorDict of zeros shaped like ``shared`` (e.g. an EMA of ĝ_t).
+
+    Example:
+        >>> zeros_like_rows(TensorDict({"w": torch.ones(2)}, []), 3)["w"].shape
+        torch.Size([3, 2])
+    """
+    return shared.apply(
+        lambda v: torch.zeros((num_tasks, *v.shape), dtype=v.dtype, device=v.device),
+        batch_size=[num_tasks],
+    )

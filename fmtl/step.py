@@ -1,0 +1,229 @@
+"""The training step as one pure function: ``(params, state, batch) -> (params, state, info)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from tensordict import TensorDict
+from torch.func import vjp
+from torch.utils import _pytree as pytree
+
+from .base import Balancer, TaskGradients
+from .optim import Optimizer
+from .params import check_params, task_names
+from .task_gradients import LossFn, check_losses, task_gradients
+from .tree import gramian, leaves
+
+__all__ = ["StepState", "Step", "make_step", "Reduce"]
+
+Reduce = Callable[[Any], Any]
+
+
+class StepState(NamedTuple):
+    """The step's state: its count (0-d int64), the balancer's and the optimizer's states."""
+
+    count: torch.Tensor
+    balancer: Any
+    optimizer: Any
+
+
+class Step:
+    """A pure training step; ``step.init(params)`` builds its state (see :func:`make_step`)."""
+
+    def __init__(self, init: Callable[[TensorDict], StepState], apply: Callable) -> None:
+        self.init = init
+        self._apply = apply
+
+    def __call__(
+        self, params: TensorDict, state: StepState, batch: Any
+    ) -> tuple[TensorDict, StepState, dict[str, torch.Tensor]]:
+        return self._apply(params, state, batch)
+
+
+def _structure(tree: Any) -> Any:
+    return pytree.tree_structure(tree)
+
+
+def _check_state(params: TensorDict, state: Any, init: Callable) -> None:
+    if not isinstance(state, StepState):
+        raise TypeError(f"state must be the StepState made by step.init(params); got {type(state)}")
+    expected = init(params)
+    got_spec, want_spec = _structure(state), _structure(expected)
+    shapes = [tuple(x.shape) for x in pytree.tree_leaves(state)]
+    want = [tuple(x.shape) for x in pytree.tree_leaves(expected)]
+    if got_spec != want_spec or shapes != want:
+        raise ValueError(
+            "state does not match params: it was built for parameters of another structure or "
+            "task count; build it with step.init(params)"
+        )
+
+
+def _nonfinite_error(names: list[str], losses: torch.Tensor, norms: torch.Tensor) -> str:
+    bad_loss = [n for n, ok in zip(names, torch.isfinite(losses).tolist(), strict=True) if not ok]
+    bad_grad = [n for n, ok in zip(names, torch.isfinite(norms).tolist(), strict=True) if not ok]
+    parts = []
+    if bad_loss:
+        parts.append(f"non-finite loss in tasks {bad_loss}")
+    if bad_grad:
+        parts.append(f"non-finite gradient in tasks {bad_grad}")
+    if not parts:
+        parts.append("the balanced update is non-finite")
+    return "; ".join(parts) + " (params and state left unchanged)"
+
+
+def _select(ok: torch.Tensor, new: Any, old: Any) -> Any:
+    return pytree.tree_map(lambda a, b: torch.where(ok, a, b), new, old)
+
+
+def _sq_norm(td: TensorDict) -> torch.Tensor:
+    return sum(v.pow(2).sum() for v in leaves(td))
+
+
+def make_step(
+    loss_fn: LossFn,
+    balancer: Balancer,
+    optimizer: Optimizer,
+    *,
+    reduce: Reduce | None = None,
+    strategy: str = "auto",
+    chunk_size: int | None = None,
+    diagnostics: bool | None = None,
+) -> Step:
+    """Builds the pure MTL training step ``step(params, state, batch) -> (params, state, info)``.
+
+    Gradient balancers: the T task gradients in one vectorized pass (:func:`task_gradients`),
+    then ``reduce`` (e.g. a cross-process mean), then the balancer, then the optimizer:
+
+    .. math::
+        (\\ell, J) \\to \\tilde g = \\mathrm{balancer}(\\ell, J) \\to
+        \\theta_{k+1}, \\psi_{k+1} = \\mathrm{optimizer}(\\tilde g)
+
+    Loss balancers (``balancer.loss_weights`` set) cost what equal weighting costs: one
+    forward, weights w from the (reduced) losses, one backward of Σ_t w_t ℓ_t.
+
+    ``info`` holds ``losses`` [T], ``grad_norms`` [T] (‖∇θ ℓ_t‖), ``weights`` [T] (from the
+    balancer), ``cosine`` [T, T] (cosine similarity of the raw shared task gradients), ``ok``
+    (0-d bool) and the balancer's own entries. Loss balancers report NaN norms and cosines
+    unless ``diagnostics=True`` (which computes the task gradients for them).
+
+    Bad input: eager calls raise — wrong loss shape or task count (``ValueError``), a state
+    that does not match the params (``ValueError``), a negative loss under a log transform
+    (``ValueError`` naming the task), a non-finite loss or gradient (``FloatingPointError``
+    naming the tasks). A compiled step cannot raise on values: it returns params and state
+    unchanged and ``info["ok"] = False`` instead. Inputs are never mutated.
+
+    Args:
+        loss_fn: ``loss_fn(params, batch) -> Tensor[T]``.
+        balancer: a :class:`fmtl.Balancer`, e.g. ``fmtl.balancers.dbmtl()``.
+        optimizer: e.g. ``fmtl.optim.adam(1e-3)``.
+        reduce: hook applied to the losses and raw task gradients before the balancer
+            (``reduce(TaskGradients) -> TaskGradients``; for loss balancers it is applied
+            to the loss vector and to the weighted gradient instead).
+        strategy, chunk_size: passed to :func:`task_gradients`.
+        diagnostics: compute gradient norms and cosines for loss balancers too.
+
+    Example:
+        >>> import torch, fmtl
+        >>> from tensordict import TensorDict
+        >>> params, apply = fmtl.functionalize(torch.nn.Linear(3, 4),
+        ...     {"a": torch.nn.Linear(4, 1), "b": torch.nn.Linear(4, 1)})
+        >>> def loss_fn(p, batch):
+        ...     out = apply(p, batch["x"])
+        ...     return torch.stack([(out[k].squeeze(-1) - batch["y"][:, i]).pow(2).mean()
+        ...                         for i, k in enumerate(out)])
+        >>> step = fmtl.make_step(loss_fn, fmtl.balancers.dbmtl(), fmtl.optim.adam(1e-2))
+        >>> state = step.init(params)
+        >>> batch = TensorDict({"x": torch.randn(16, 3), "y": torch.randn(16, 2)}, [16])
+        >>> params2, state, info = step(params, state, batch)
+        >>> sorted(info)
+        ['cosine', 'grad_norms', 'losses', 'ok', 'weights']
+    """
+    loss_only = balancer.loss_weights is not None
+    with_diagnostics = (not loss_only) if diagnostics is None else diagnostics
+
+    def init(params: TensorDict) -> StepState:
+        check_params(params)
+        count = torch.zeros((), dtype=torch.int64, device=next(iter(leaves(params))).device)
+        return StepState(count, balancer.init(params, len(task_names(params))), optimizer.init(params))
+
+    def gradient_method(params, state, batch):
+        grads = task_gradients(loss_fn, params, batch, strategy=strategy, chunk_size=chunk_size)
+        if reduce is not None:
+            grads = reduce(grads)
+        g, bstate, binfo = _guarded_balance(grads, state, params)
+        return grads, g, bstate, binfo
+
+    def _guarded_balance(grads: TaskGradients, state: StepState, params: TensorDict):
+        if not torch.compiler.is_compiling():
+            norms = torch.linalg.vector_norm(
+                torch.stack([v.reshape(v.shape[0], -1).norm(dim=1) for v in leaves(grads.shared)]),
+                dim=0,
+            ) if leaves(grads.shared) else torch.zeros_like(grads.losses)
+            heads_ok = torch.isfinite(_sq_norm(grads.tasks)) if leaves(grads.tasks) else True
+            if not bool(torch.isfinite(grads.losses).all() & torch.isfinite(norms).all()) or not bool(
+                heads_ok
+            ):
+                raise FloatingPointError(_nonfinite_error(task_names(params), grads.losses, norms))
+        return balancer.update(grads, state.balancer, params)
+
+    def loss_method(params, state, batch):
+        names = task_names(params)
+
+        def f(p):
+            losses = loss_fn(p, batch)
+            check_losses(losses, names)
+            return losses
+
+        losses, pullback = vjp(f, params)
+        global_losses = reduce(losses) if reduce is not None else losses
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(global_losses).all()):
+            raise FloatingPointError(
+                _nonfinite_error(names, global_losses, torch.zeros_like(global_losses))
+            )
+        w, bstate, binfo = balancer.loss_weights(global_losses.detach(), state.balancer, params)
+        (g,) = pullback(w.to(losses.dtype))
+        if reduce is not None:
+            g = reduce(g)
+        grads = None
+        if with_diagnostics:
+            grads = task_gradients(loss_fn, params, batch, strategy=strategy, chunk_size=chunk_size)
+            if reduce is not None:
+                grads = reduce(grads)
+        return global_losses, grads, g, bstate, binfo
+
+    def apply(params: TensorDict, state: StepState, batch: Any):
+        compiling = torch.compiler.is_compiling()
+        if not compiling:
+            check_params(params)
+            _check_state(params, state, init)
+        names = task_names(params)
+        T = len(names)
+        if loss_only:
+            losses, grads, g, bstate, binfo = loss_method(params, state, batch)
+        else:
+            grads, g, bstate, binfo = gradient_method(params, state, batch)
+            losses = grads.losses
+        if grads is not None and with_diagnostics:
+            G = gramian(grads.shared)
+            norms = torch.diagonal(G).clamp_min(0).sqrt()
+            cosine = G / (norms[:, None] * norms[None, :]).clamp_min(torch.finfo(G.dtype).tiny)
+        else:
+            norms = torch.full((T,), float("nan"), dtype=losses.dtype, device=losses.device)
+            cosine = torch.full((T, T), float("nan"), dtype=losses.dtype, device=losses.device)
+        updates, ostate = optimizer.update(g, state.optimizer, params)
+        new_params = params + updates
+        new_state = StepState(state.count + 1, bstate, ostate)
+        ok = torch.isfinite(losses).all() & torch.isfinite(_sq_norm(updates))
+        if compiling:
+            new_params = _select(ok, new_params, params)
+            new_state = _select(ok, new_state, state)
+        elif not bool(ok):
+            raise FloatingPointError(
+                _nonfinite_error(names, losses, norms if grads is not None else losses * 0)
+            )
+        info = {**binfo, "losses": losses.detach(), "grad_norms": norms, "cosine": cosine, "ok": ok}
+        return new_params, new_state, info
+
+    return Step(init, apply)
