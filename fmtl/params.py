@@ -49,7 +49,7 @@ def check_params(params: TensorDict) -> None:
         >>> check_params(TensorDict({"shared": {}}, []))
         Traceback (most recent call last):
         ...
-        ValueError: params must be a TensorDict with keys 'shared' and 'tasks' (one sub-tree per task); got keys ['shared']
+        ValueError: params must be a TensorDict with keys 'shared' and 'tasks' ...; got keys ['shared']
     """
     if not isinstance(params, TensorDict) or set(params.keys()) != {"shared", "tasks"}:
         keys = sorted(params.keys()) if isinstance(params, Mapping | TensorDict) else type(params)

@@ -35,7 +35,7 @@ def check_losses(losses: torch.Tensor, names: list[str]) -> None:
         >>> check_losses(torch.zeros(3), ["a", "b"])
         Traceback (most recent call last):
         ...
-        ValueError: loss_fn returned 3 losses but params['tasks'] has 2 tasks ['a', 'b']; it must return one loss per task, in the order of params['tasks']
+        ValueError: loss_fn returned 3 losses but params['tasks'] has 2 tasks ['a', 'b']; ...
     """
     if not isinstance(losses, torch.Tensor):
         raise TypeError(f"loss_fn must return a Tensor[T]; got {type(losses).__name__}")
