@@ -3,7 +3,8 @@
 Each is an ``Optimizer(init, update)`` pair: ``init(params) -> state`` and
 ``update(grads, state, params) -> (updates, state)`` with ``new_params = params + updates``.
 The learning rate is a number, a 0-d tensor, or a schedule ``lr(count) -> lr`` of the
-0-d step-count tensor kept in the state, so a compiled step never recompiles as it changes.
+0-d step-count tensor kept in the state (passed as float64, counting from 1), so a compiled
+step never recompiles as it changes.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def _count(params: TensorDict) -> torch.Tensor:
 
 
 def _lr(lr: LearningRate, count: torch.Tensor) -> torch.Tensor | float:
-    return lr(count) if callable(lr) else lr
+    # float64 so that a schedule such as ``0.1 / k`` is not rounded to float32
+    return lr(count.to(torch.float64)) if callable(lr) else lr
 
 
 def sgd(lr: LearningRate, momentum: float = 0.0, weight_decay: float = 0.0) -> Optimizer:
