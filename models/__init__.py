@@ -1,0 +1,41 @@
+"""fmtl.models: multi-task models as pure ``(params, apply, buffers)`` triples.
+
+Every constructor takes sizes and a seed (int or ``torch.Generator``) and returns a
+:class:`Model`. ``params`` is a TensorDict with ``"shared"`` (θ, the encoder) and
+``"tasks"`` (ψ_t, one head per task, in task order); ``apply(params, x)`` is pure and
+returns ``{task: prediction}``, so it runs under ``torch.func.vjp`` / ``vmap`` / ``grad``
+and ``torch.compile(fullgraph=True)``.
+
+BatchNorm (``resnet``, ``encoder_decoder``, ``mtan``, ``cross_stitch``) never mutates
+state inside ``apply``:
+
+* training: ``apply(params, x)`` normalizes with the batch statistics (pure);
+* once per step, outside the vectorized gradients:
+  ``buffers = update_buffers(model, params, buffers, x, momentum=0.1)`` returns new running
+  statistics, equal to those of ``nn.BatchNorm2d`` after one train-mode forward;
+* evaluation: ``apply(params, x, buffers=buffers, train=False)`` uses the running statistics.
+
+Models without BatchNorm have ``buffers=None`` and ignore ``buffers`` / ``train``.
+"""
+
+from ._core import Model, generator, update_buffers
+from .dense import NYUV2_TASKS, cross_stitch, encoder_decoder, mtan
+from .gnn import QM9_TASKS, qm9_gnn
+from .mlp import mlp_hps
+from .resnet import load_torchvision_weights, resnet, resnet18
+
+__all__ = [
+    "Model",
+    "update_buffers",
+    "generator",
+    "mlp_hps",
+    "qm9_gnn",
+    "QM9_TASKS",
+    "resnet",
+    "resnet18",
+    "load_torchvision_weights",
+    "encoder_decoder",
+    "mtan",
+    "cross_stitch",
+    "NYUV2_TASKS",
+]

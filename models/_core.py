@@ -1,0 +1,231 @@
+"""The ``Model`` type, functional layers, their initializers, and pure BatchNorm.
+
+Every layer is a pure function ``layer(p, x)`` of a parameter TensorDict ``p``; every
+initializer ``*_init(gen, ...)`` draws fresh parameters from a ``torch.Generator`` with
+PyTorch's default schemes (``nn.Linear`` / ``nn.Conv2d``: U(-1/√fan_in, 1/√fan_in)).
+
+BatchNorm is split in two so that ``apply`` stays pure under ``torch.func``:
+
+* ``apply(params, x)`` (``train=True``) normalizes with the batch statistics
+  μ_B = mean(x), σ²_B = var(x) (biased) and writes nothing;
+* ``update_buffers(model, params, buffers, x, momentum)`` runs one no-grad forward and
+  returns new running statistics r ← (1 − m) r + m s, with the *unbiased* batch variance,
+  exactly as ``nn.BatchNorm2d`` does in train mode — call it once per step, outside the
+  vectorized gradient pass;
+* ``apply(params, x, buffers=buffers, train=False)`` normalizes with the running statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple, Union
+
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDict
+
+__all__ = ["Model", "update_buffers", "generator"]
+
+Tensor = torch.Tensor
+Path = tuple[str, ...]
+SeedLike = Union[int, torch.Generator]  # noqa: UP007 (runtime alias, py3.10 safe either way)
+
+
+class Model(NamedTuple):
+    """A multi-task model as data plus pure functions.
+
+    Attributes:
+        params: TensorDict with ``"shared"`` (θ) and ``"tasks"`` (one ψ_t per task, in
+            task order).
+        apply: ``apply(params, x, buffers=None, train=True) -> {task: prediction}``; pure.
+            ``x`` is a Tensor or, for graph models, the whole batch TensorDict.
+        buffers: BatchNorm running statistics (same tree layout as the BatchNorm
+            parameters, leaves ``mean`` and ``var``), or ``None`` for models without
+            BatchNorm.
+        stats: ``stats(params, x) -> TensorDict`` of the batch statistics of every
+            BatchNorm layer (``mean`` and unbiased ``var``), laid out like ``buffers``;
+            ``None`` for models without BatchNorm. Used by :func:`update_buffers`.
+
+    Example:
+        >>> from fmtl.models import mlp_hps
+        >>> m = mlp_hps(4, hidden=(8,), tasks={"a": 1, "b": 2}, seed=0)
+        >>> list(m.params["tasks"].keys()), m.buffers is None
+        (['a', 'b'], True)
+    """
+
+    params: TensorDict
+    apply: Callable[..., dict[str, Tensor]]
+    buffers: TensorDict | None = None
+    stats: Callable[[TensorDict, Tensor], TensorDict] | None = None
+
+
+def generator(seed: SeedLike) -> torch.Generator:
+    """Returns ``seed`` if it is a ``torch.Generator``, else a CPU generator seeded with it.
+
+    Example:
+        >>> generator(0).initial_seed()
+        0
+    """
+    if isinstance(seed, torch.Generator):
+        return seed
+    return torch.Generator().manual_seed(int(seed))
+
+
+def update_buffers(
+    model: Model,
+    params: TensorDict,
+    buffers: TensorDict,
+    x: Tensor | TensorDict,
+    momentum: float = 0.1,
+) -> TensorDict:
+    """New BatchNorm running statistics after one train-mode forward on ``x`` (pure).
+
+    .. math::
+        r_{μ} ← (1 − m)\\, r_{μ} + m\\, μ_B, \\qquad
+        r_{σ²} ← (1 − m)\\, r_{σ²} + m\\, \\frac{n}{n − 1} σ²_B
+
+    with n the number of values per channel, as ``nn.BatchNorm2d(momentum=m)``.
+
+    Example:
+        >>> import torch
+        >>> from fmtl.models import resnet, update_buffers
+        >>> m = resnet({"a": 3}, layers=(1,), widths=(4,), stem="cifar", seed=0)
+        >>> x = torch.randn(2, 3, 8, 8)
+        >>> new = update_buffers(m, m.params, m.buffers, x)
+        >>> bool((new["shared", "bn1", "mean"] != 0).any())
+        True
+    """
+    if model.stats is None:
+        raise ValueError("this model has no BatchNorm buffers")
+    with torch.no_grad():
+        s = model.stats(params.detach(), x)
+    new = buffers.clone()
+    for key, b in s.items(include_nested=True, leaves_only=True):
+        new[key] = torch.lerp(buffers[key], b.to(buffers[key].dtype), momentum)
+    return new
+
+
+# ---------------------------------------------------------------------------- initializers
+
+
+def linear_init(gen: torch.Generator, d_in: int, d_out: int, dtype: torch.dtype) -> TensorDict:
+    """``nn.Linear``'s default initialization: weight [d_out, d_in] and bias, U(±1/√d_in)."""
+    bound = 1.0 / math.sqrt(d_in)
+    w = (torch.rand(d_out, d_in, generator=gen, dtype=dtype) * 2 - 1) * bound
+    b = (torch.rand(d_out, generator=gen, dtype=dtype) * 2 - 1) * bound
+    return TensorDict({"weight": w, "bias": b}, [])
+
+
+def conv_init(gen: torch.Generator, c_in: int, c_out: int, k: int, dtype: torch.dtype, bias: bool = True) -> TensorDict:
+    """``nn.Conv2d``'s default initialization: weight [c_out, c_in, k, k], U(±1/√fan_in)."""
+    bound = 1.0 / math.sqrt(c_in * k * k)
+    out = {"weight": (torch.rand(c_out, c_in, k, k, generator=gen, dtype=dtype) * 2 - 1) * bound}
+    if bias:
+        out["bias"] = (torch.rand(c_out, generator=gen, dtype=dtype) * 2 - 1) * bound
+    return TensorDict(out, [])
+
+
+def kaiming_conv_init(gen: torch.Generator, c_in: int, c_out: int, k: int, dtype: torch.dtype) -> TensorDict:
+    """torchvision ResNet's conv init: bias-free, N(0, 2 / (c_out k²)) (Kaiming, fan_out)."""
+    std = math.sqrt(2.0 / (c_out * k * k))
+    return TensorDict({"weight": torch.randn(c_out, c_in, k, k, generator=gen, dtype=dtype) * std}, [])
+
+
+def bn_init(c: int, dtype: torch.dtype) -> tuple[TensorDict, TensorDict]:
+    """BatchNorm affine parameters (γ = 1, β = 0) and running statistics (μ = 0, σ² = 1)."""
+    p = TensorDict({"weight": torch.ones(c, dtype=dtype), "bias": torch.zeros(c, dtype=dtype)}, [])
+    b = TensorDict({"mean": torch.zeros(c, dtype=dtype), "var": torch.ones(c, dtype=dtype)}, [])
+    return p, b
+
+
+# ---------------------------------------------------------------------------- layers
+
+
+def linear(p: TensorDict, x: Tensor) -> Tensor:
+    """y = x Wᵀ + b."""
+    return F.linear(x, p["weight"], p.get("bias", None))
+
+
+def conv(p: TensorDict, x: Tensor, stride: int = 1, padding: int | None = None) -> Tensor:
+    """2-D convolution with 'same'-style padding k // 2 unless given."""
+    w = p["weight"]
+    pad = w.shape[-1] // 2 if padding is None else padding
+    return F.conv2d(x, w, p.get("bias", None), stride=stride, padding=pad)
+
+
+class Norm:
+    """BatchNorm dispatcher for one forward pass: ``norm(path, x)``.
+
+    ``path`` names the layer's parameters in ``params`` (and its statistics in
+    ``buffers``). Modes: ``"train"`` (batch statistics), ``"eval"`` (running statistics)
+    and ``"stats"`` (batch statistics, also recorded into ``self.record``). The recording
+    only happens in ``stats`` mode, which runs outside any ``torch.func`` transform.
+    """
+
+    def __init__(self, params: TensorDict, mode: str, buffers: TensorDict | None = None, eps: float = 1e-5):
+        self.params, self.mode, self.buffers, self.eps = params, mode, buffers, eps
+        self.record: dict[Path, Tensor] = {}
+
+    def __call__(self, path: Path, x: Tensor) -> Tensor:
+        p = self.params[path]
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        dims = [0] + list(range(2, x.dim()))
+        if self.mode == "eval":
+            mean, var = self.buffers[path]["mean"], self.buffers[path]["var"]
+        else:
+            mean = x.mean(dim=dims)
+            var = (x - mean.view(shape)).square().mean(dim=dims)
+            if self.mode == "stats":
+                n = x.numel() // x.shape[1]
+                self.record[path + ("mean",)] = mean
+                self.record[path + ("var",)] = var * (n / max(n - 1, 1))
+        inv = torch.rsqrt(var + self.eps) * p["weight"]
+        return (x - mean.view(shape)) * inv.view(shape) + p["bias"].view(shape)
+
+
+def with_batch_norm(
+    forward: Callable[[TensorDict, Tensor, Norm], dict[str, Tensor]],
+    params: TensorDict,
+    buffers: TensorDict,
+) -> Model:
+    """Builds a :class:`Model` from ``forward(params, x, norm)`` that calls ``norm(path, h)``."""
+
+    def apply(
+        params: TensorDict,
+        x: Tensor,
+        buffers: TensorDict | None = None,
+        train: bool = True,
+    ) -> dict[str, Tensor]:
+        if not train and buffers is None:
+            raise ValueError("eval mode (train=False) needs the running statistics: buffers=")
+        return forward(params, x, Norm(params, "train" if train else "eval", buffers))
+
+    def stats(params: TensorDict, x: Tensor) -> TensorDict:
+        norm = Norm(params, "stats")
+        forward(params, x, norm)
+        out = TensorDict({}, [])
+        for k, v in norm.record.items():
+            out[k] = v
+        return out
+
+    return Model(params, apply, buffers, stats)
+
+
+def no_batch_norm(forward: Callable[[TensorDict, Tensor], dict[str, Tensor]], params: TensorDict) -> Model:
+    """Builds a :class:`Model` whose ``apply`` accepts and ignores ``buffers`` / ``train``."""
+
+    def apply(
+        params: TensorDict,
+        x: Tensor | TensorDict,
+        buffers: TensorDict | None = None,
+        train: bool = True,
+    ) -> dict[str, Tensor]:
+        return forward(params, x)
+
+    return Model(params, apply, None, None)
+
+
+def td(d: dict) -> TensorDict:
+    """Nested dict of tensors / TensorDicts -> TensorDict with ``batch_size=[]``."""
+    return TensorDict(d, [])
