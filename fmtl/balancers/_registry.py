@@ -10,8 +10,14 @@ from ..base import Balancer
 
 __all__ = ["register", "names", "get"]
 
-# name -> module under fmtl.balancers that defines the factory of that name
-_MODULES: dict[str, str] = {"dbmtl": "dbmtl", "ew": "ew"}
+# name -> module under fmtl.balancers that defines the factory of that name (one module per
+# method, named after it): loss balancing, then gradient balancing, then hybrid, then DB-MTL.
+_METHODS = (
+    "ew gls rlw uw dwa imtl_l famo "
+    "mgda gradnorm pcgrad graddrop gradvac imtl_g cagrad nash_mtl metabalance moco aligned_mtl upgrad "
+    "imtl dbmtl"
+)
+_MODULES: dict[str, str] = {name: name for name in _METHODS.split()}
 _FACTORIES: dict[str, Callable[..., Balancer]] = {}
 
 
@@ -57,7 +63,5 @@ def get(name: str, **hyperparameters) -> Balancer:
     accepted = inspect.signature(factory).parameters
     unknown = sorted(set(hyperparameters) - set(accepted))
     if unknown:
-        raise ValueError(
-            f"balancer {name!r} has no hyperparameter(s) {unknown}; it takes {list(accepted)}"
-        )
+        raise ValueError(f"balancer {name!r} has no hyperparameter(s) {unknown}; it takes {list(accepted)}")
     return factory(**hyperparameters)

@@ -32,6 +32,16 @@ def _scale(alpha: str | float, norms: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(float(alpha), dtype=norms.dtype, device=norms.device)
 
 
+def _ema_step(beta_k: torch.Tensor, coef: torch.Tensor):
+    """ĝ ↦ β_k ĝ + c_t g per leaf (Eq. 1 with c_t = (1-β_k)/(ℓ_t+ε)): one fresh tensor, no temporaries."""
+
+    def step(ema: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        out = torch.mul(ema, beta_k.to(ema.dtype))
+        return out.addcmul_(g, coef.to(g.dtype).reshape((-1,) + (1,) * (g.dim() - 1)))
+
+    return step
+
+
 def dbmtl(
     beta: float = 0.9,
     beta_sigma: float = 0.0,
@@ -93,21 +103,30 @@ def dbmtl(
     def update(
         grads: TaskGradients, state: DBMTLState, params: TensorDict
     ) -> tuple[TensorDict, DBMTLState, dict]:
-        if log_transform:
-            grads = _log_transform(grads, params, eps)
         count = state.count + 1
         if not normalize:
+            if log_transform:
+                grads = _log_transform(grads, params, eps)
             weights = torch.ones_like(grads.losses)
             return (
                 assemble(combine(weights, grads.shared), grads.tasks),
                 DBMTLState(count, state.ema),
                 {"weights": weights},
             )
-        beta_k = beta / count.to(grads.losses.dtype) ** beta_sigma
-        ema = state.ema.lerp(grads.shared, 1.0 - beta_k)
+        dtype = grads.losses.dtype
+        beta_k = beta / count.to(dtype) ** beta_sigma
+        scale = torch.ones_like(grads.losses)
+        tasks = grads.tasks
+        if log_transform:
+            # Only the heads and the losses go through the transform here; for θ, the factor
+            # 1/(ℓ_t + ε) is folded into the EMA below, so no scaled copy of J is made.
+            T = grads.losses.shape[0]
+            tasks = _log_transform(TaskGradients(grads.losses, TensorDict({}, [T]), tasks), params, eps).tasks
+            scale = 1.0 / (grads.losses + eps)
+        ema = state.ema.apply(_ema_step(beta_k, (1.0 - beta_k) * scale), grads.shared)
         norms = row_norms(ema)
         weights = _scale(alpha, norms) / (norms + eps)
         shared = combine(weights, ema)
-        return assemble(shared, grads.tasks), DBMTLState(count, ema), {"weights": weights}
+        return assemble(shared, tasks), DBMTLState(count, ema), {"weights": weights}
 
     return Balancer(init, update)

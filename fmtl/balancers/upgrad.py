@@ -1,0 +1,56 @@
+"""UPGrad: the mean of each task gradient projected onto the dual cone of all task gradients."""
+
+from __future__ import annotations
+
+import torch
+
+from ..base import Balancer, EmptyState
+from ._gradient import gramian_balancer
+from ._solvers import project_dual_cone
+
+__all__ = ["upgrad", "upgrad_weights"]
+
+
+def upgrad_weights(G: torch.Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-4) -> torch.Tensor:
+    """UPGrad's weights from the Gramian only: w = Σ_i v_i, v_i = argmin_{v ≥ e_i/T} vᵀ Ĝ v.
+
+    Ĝ = G / tr(G) + reg_eps·I (zero Gramian if tr(G) < norm_eps), as TorchJD and LibMTL.
+
+    Example:
+        >>> upgrad_weights(torch.eye(2), reg_eps=0.0)  # no conflict: the mean
+        tensor([0.5000, 0.5000])
+    """
+    T = G.shape[0]
+    trace = torch.diagonal(G).sum()
+    Gn = torch.where(trace < norm_eps, torch.zeros_like(G), G / trace.clamp_min(norm_eps))
+    Gn = Gn + reg_eps * torch.eye(T, dtype=G.dtype, device=G.device)
+    U = torch.eye(T, dtype=G.dtype, device=G.device) / T
+    return project_dual_cone(Gn, U).sum(0)
+
+
+def upgrad(norm_eps: float = 1e-4, reg_eps: float = 1e-4, log_transform: bool = False, eps: float = 1e-8) -> Balancer:
+    """UPGrad (Quinton & Rey, 2024, TorchJD): average of the projections π_J(g_i / T).
+
+    .. math::
+        \\tilde g_\\theta = \\frac1T \\sum_i \\pi_J(g_i),\\qquad
+        \\pi_J(J^\\top u) = J^\\top v,\\ v = \\arg\\min_{v \\ge u} v^\\top G v
+
+    The projected gradient is non-conflicting: ⟨g_t, g̃⟩ ≥ 0 for every t. The box-constrained
+    quadratic programs are solved exactly in torch (the originals call quadprog). Only θ is
+    touched, as in LibMTL; ψ_t gets ∇ψ_t ℓ_t.
+
+    Example:
+        >>> import torch, fmtl
+        >>> from tensordict import TensorDict
+        >>> b = fmtl.balancers.get("upgrad", reg_eps=0.0)
+        >>> p = TensorDict({"shared": {"w": torch.zeros(2)}, "tasks": {"a": {}, "b": {}}}, [])
+        >>> J = TensorDict({"w": torch.tensor([[1.0, 0.0], [-1.0, 1.0]])}, [2])
+        >>> g, _, info = b.update(fmtl.TaskGradients(torch.ones(2), J, p["tasks"]), b.init(p, 2), p)
+        >>> g["shared", "w"]  # ½(½, ½) + ½(0, 1): no conflict with either task
+        tensor([0.2500, 0.7500])
+    """
+
+    def weighting(G: torch.Tensor, losses: torch.Tensor, state: EmptyState):
+        return upgrad_weights(G, norm_eps, reg_eps), None, state, {}
+
+    return gramian_balancer(weighting, log_transform=log_transform, eps=eps)
