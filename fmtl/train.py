@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,26 @@ def _distributed() -> tuple[int, int, Callable | None]:
     if ctx.world_size <= 1:
         return 0, 1, None
     return ctx.rank, ctx.world_size, distributed.allreduce()
+
+
+def _check_shards(n: int, batch_size: int, world: int, main: bool) -> bool:
+    """``drop_last`` for a run on ``world`` ranks: equal shards or a clear error.
+
+    The cross-rank mean of per-rank mean losses is the global-batch mean only when every rank
+    holds as many rows as the others, so the global batch must split evenly; a short last batch
+    that does not split evenly is dropped (a single process keeps it, so say so).
+    """
+    if world <= 1:
+        return False
+    if batch_size % world:
+        raise ValueError(f"--batch-size {batch_size} is the global batch and must be divisible by the "
+                         f"{world} processes (equal shards keep the run equal to one process)")  # fmt: skip
+    drop = (n % batch_size) % world != 0
+    if drop and main:
+        warnings.warn(f"the last batch of {n % batch_size} rows does not split evenly over {world} "
+                      "processes: it is dropped every epoch, so this run differs from a single-process run",
+                      stacklevel=2)  # fmt: skip
+    return drop
 
 
 def _floats(x: torch.Tensor) -> list:
@@ -313,7 +334,12 @@ def train(
 
     train_ds = problem.splits["train"]
     B, E = int(cfg["batch_size"]), int(cfg["epochs"])
-    steps_per_epoch = num_batches(len(train_ds), B)
+    drop_last = _check_shards(len(train_ds), B, world, main)
+    steps_per_epoch = num_batches(len(train_ds), B, drop_last=drop_last)
+    if world > 1:
+        from . import distributed
+
+        params = distributed.broadcast(params)  # every rank starts from rank 0's θ, ψ_t
     history: list[dict] = []
     position = {"epoch": 0, "batch": 0, "step": 0}
     extra: dict[str, Any] = {"wall_s": 0.0, "epoch_loss_sum": [0.0] * len(tasks), "epoch_steps": 0,
@@ -366,7 +392,7 @@ def train(
             bar = _progress(steps_per_epoch, position["batch"], f"{method} epoch {epoch + 1}/{E}", quiet, main)
             t_window, n_window = time.perf_counter(), 0
             for idx in batch_indices(len(train_ds), B, seed=int(cfg["seed"]), epoch=epoch, rank=rank,
-                                     world_size=world, start=position["batch"]):  # fmt: skip
+                                     world_size=world, start=position["batch"], drop_last=drop_last):  # fmt: skip
                 if accumulator is not None:
                     micro = [m for m in torch.tensor_split(idx, K) if len(m)]
                     for m in micro[:-1]:
@@ -387,6 +413,8 @@ def train(
                     raise TrainingDiverged(f"step {k + 1} (epoch {epoch + 1}, batch {position['batch'] + 1}): "
                                            f"non-finite loss or gradient in tasks {bad}")  # fmt: skip
                 params, state = new_params, new_state
+                if world > 1:
+                    distributed.check_replicated((params, state), what="params and state")  # FMTL_DISTRIBUTED_DEBUG=1
                 position["batch"] += 1
                 position["step"] += 1
                 losses = _floats(info["losses"])
@@ -459,5 +487,7 @@ def train(
             plot_run(out)
     else:
         log.close()
+    if world > 1:
+        distributed.shutdown()
     return results
 
