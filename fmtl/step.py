@@ -14,7 +14,7 @@ from .base import Balancer, TaskGradients
 from .optim import Optimizer
 from .params import check_params, task_names
 from .task_gradients import LossFn, check_losses, task_gradients
-from .tree import gramian, leaves
+from .tree import gramian, leaves, row_norms
 
 __all__ = ["StepState", "Step", "make_step", "Reduce"]
 
@@ -46,14 +46,26 @@ def _structure(tree: Any) -> Any:
     return pytree.tree_structure(tree)
 
 
-def _check_state(params: TensorDict, state: Any, init: Callable) -> None:
+def _signature(params: TensorDict) -> tuple:
+    return tuple((k, tuple(v.shape), v.dtype) for k, v in params.items(True, True))
+
+
+def _state_layout(state: Any) -> tuple:
+    return _structure(state), [tuple(x.shape) for x in pytree.tree_leaves(state)]
+
+
+def _check_state(params: TensorDict, state: Any, init: Callable, layouts: dict | None = None) -> None:
     if not isinstance(state, StepState):
         raise TypeError(f"state must be the StepState made by step.init(params); got {type(state)}")
-    expected = init(params)
-    got_spec, want_spec = _structure(state), _structure(expected)
-    shapes = [tuple(x.shape) for x in pytree.tree_leaves(state)]
-    want = [tuple(x.shape) for x in pytree.tree_leaves(expected)]
-    if got_spec != want_spec or shapes != want:
+    # init(params) allocates a whole state (a [T, P] EMA for DB-MTL): build it once per
+    # parameter signature and keep only its layout.
+    key = _signature(params)
+    want = layouts.get(key) if layouts is not None else None
+    if want is None:
+        want = _state_layout(init(params))
+        if layouts is not None:
+            layouts[key] = want
+    if _state_layout(state) != want:
         raise ValueError(
             "state does not match params: it was built for parameters of another structure or "
             "task count; build it with step.init(params)"
@@ -78,7 +90,8 @@ def _select(ok: torch.Tensor, new: Any, old: Any) -> Any:
 
 
 def _sq_norm(td: TensorDict) -> torch.Tensor:
-    return sum(v.pow(2).sum() for v in leaves(td))
+    # vector_norm reduces in one pass; v.pow(2).sum() would allocate a temporary per leaf.
+    return sum(torch.linalg.vector_norm(v).square() for v in leaves(td))
 
 
 def make_step(
@@ -143,6 +156,8 @@ def make_step(
     loss_only = balancer.loss_weights is not None
     with_diagnostics = (not loss_only) if diagnostics is None else diagnostics
 
+    layouts: dict = {}
+
     def init(params: TensorDict) -> StepState:
         check_params(params)
         count = torch.zeros((), dtype=torch.int64, device=next(iter(leaves(params))).device)
@@ -152,15 +167,14 @@ def make_step(
         grads = task_gradients(loss_fn, params, batch, strategy=strategy, chunk_size=chunk_size)
         if reduce is not None:
             grads = reduce(grads)
-        g, bstate, binfo = _guarded_balance(grads, state, params)
-        return grads, g, bstate, binfo
+        # One Gramian serves the diagnostics and the finiteness guard (its diagonal is ‖J_t‖²).
+        G = gramian(grads.shared) if with_diagnostics else None
+        g, bstate, binfo = _guarded_balance(grads, G, state, params)
+        return grads, G, g, bstate, binfo
 
-    def _guarded_balance(grads: TaskGradients, state: StepState, params: TensorDict):
+    def _guarded_balance(grads: TaskGradients, G: torch.Tensor | None, state: StepState, params: TensorDict):
         if not torch.compiler.is_compiling():
-            norms = torch.linalg.vector_norm(
-                torch.stack([v.reshape(v.shape[0], -1).norm(dim=1) for v in leaves(grads.shared)]),
-                dim=0,
-            ) if leaves(grads.shared) else torch.zeros_like(grads.losses)
+            norms = torch.diagonal(G).sqrt() if G is not None else row_norms(grads.shared)
             heads_ok = torch.isfinite(_sq_norm(grads.tasks)) if leaves(grads.tasks) else True
             if not bool(torch.isfinite(grads.losses).all() & torch.isfinite(norms).all()) or not bool(
                 heads_ok
@@ -197,16 +211,16 @@ def make_step(
         compiling = torch.compiler.is_compiling()
         if not compiling:
             check_params(params)
-            _check_state(params, state, init)
+            _check_state(params, state, init, layouts)
         names = task_names(params)
         T = len(names)
         if loss_only:
             losses, grads, g, bstate, binfo = loss_method(params, state, batch)
+            G = gramian(grads.shared) if grads is not None and with_diagnostics else None
         else:
-            grads, g, bstate, binfo = gradient_method(params, state, batch)
+            grads, G, g, bstate, binfo = gradient_method(params, state, batch)
             losses = grads.losses
-        if grads is not None and with_diagnostics:
-            G = gramian(grads.shared)
+        if G is not None:
             norms = torch.diagonal(G).clamp_min(0).sqrt()
             cosine = G / (norms[:, None] * norms[None, :]).clamp_min(torch.finfo(G.dtype).tiny)
         else:

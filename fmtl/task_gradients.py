@@ -1,14 +1,30 @@
 """All T task gradients of a batch in one vectorized pass (one forward, T backwards batched).
 
-Strategies (all pure functions of ``(params, batch)``, all compile-able):
+Strategies (all pure functions of ``(params, batch)``, all compile-able, all returning the same
+numbers):
 
 * ``"jacrev"`` — one ``torch.func.vjp`` (one forward), then ``vmap`` of its pullback over
   the T unit cotangents e_t: row t of the result is ``e_tᵀ ∂ℓ/∂params = ∇ℓ_t``.
 * ``"vmap_grad"`` — ``vmap`` over e_t of ``grad(⟨e_t, ℓ⟩)``; the parameters enter unbatched,
   so the forward is still computed once.
-* ``"loop"`` — one ``vjp``, then the T pullbacks one at a time (what a Python loop of
-  ``autograd.grad`` calls does, but pure); the reference the vectorized paths are tested against.
-* ``"auto"`` — the default; see :mod:`fmtl.strategy` for how it picks.
+* ``"loop"`` — one forward, then the T backwards one at a time. Eagerly it is a loop of
+  ``torch.autograd.grad`` on detached copies of the parameters (nothing is mutated), from each
+  ℓ_t itself when ``loss_fn`` ends in ``torch.stack``; under ``torch.compile`` or another
+  ``torch.func`` transform it is one ``vjp`` and T pullbacks.
+* ``"auto"`` — the default: the fastest of the three for this problem, measured once and cached
+  (see :mod:`fmtl.strategy`).
+
+Costs worth knowing (measurements in ``benchmarks/RESULTS.md``):
+
+* Heads applied one by one (``{t: head_t(z)}``) cost T² under any strategy: the pullback of
+  each e_t runs through every head (with zero cotangents for s ≠ t), so the vectorized
+  backward materializes a [T, B, D] cotangent per head. Applying identical heads as one
+  batched product over their stacked weights (``einsum("bd,tod->tbo", z, W)`` with
+  ``W = stack(ψ_t)``; the parameter layout stays one ψ_t per task) removes the term.
+* Convolutions: the batching rule of ``convolution_backward`` already folds the task dimension
+  into the batch for the input gradient ((T·N)CHW) and into the output channels for the weight
+  gradient (N(T·O)HW); what costs is the T× larger working set (and, with glibc's default
+  allocator, fresh pages for every large temporary: :mod:`fmtl.allocator`).
 """
 
 from __future__ import annotations
@@ -18,6 +34,7 @@ from collections.abc import Callable
 import torch
 from tensordict import TensorDict
 from torch.func import grad, vjp, vmap
+from torch.overrides import TorchFunctionMode
 
 from .base import TaskGradients
 from .params import check_params, task_names
@@ -95,6 +112,52 @@ def _vmap_grad(f: Callable, params: TensorDict, T: int, chunk_size: int | None):
     return losses[0], J
 
 
+class _StackRecorder(TorchFunctionMode):
+    """Records the inputs of every ``torch.stack`` call made while it is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stacks: list[tuple[list[torch.Tensor], torch.Tensor]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.stack and args:
+            self.stacks.append((list(args[0]), out))
+        return out
+
+
+def _autograd_loop(f: Callable, params: TensorDict, names: list[str]) -> TaskGradients:
+    # Eager only. When ℓ = stack(ℓ_1, …, ℓ_T), each ℓ_t is its own root: its backward then
+    # never visits the other heads, while a pullback of e_t through the stack sends zero
+    # cotangents through all T heads (T² head backwards in all).
+    leaves = params.apply(lambda v: v.detach().requires_grad_())
+    T = len(names)
+    with torch.enable_grad():
+        recorder = _StackRecorder()
+        with recorder:
+            losses = f(leaves)
+        roots = next((ts for ts, out in reversed(recorder.stacks) if out is losses and len(ts) == T), None)
+        roots = roots if roots is not None else list(losses.unbind(0))
+        shared = list(leaves["shared"].values(True, True))
+        rows, heads = [], {}
+        for t, name in enumerate(names):
+            head = leaves["tasks", name]
+            inputs = shared + list(head.values(True, True))
+            g = torch.autograd.grad(roots[t], inputs, retain_graph=t < T - 1, allow_unused=True)
+            g = [torch.zeros_like(x) if d is None else d for d, x in zip(g, inputs, strict=True)]
+            rows.append(g[: len(shared)])
+            heads[name] = head.empty(recurse=True).update(
+                dict(zip(head.keys(True, True), g[len(shared) :], strict=True))
+            )
+    keys = list(leaves["shared"].keys(True, True))
+    J = TensorDict({k: torch.stack([r[i] for r in rows]) for i, k in enumerate(keys)}, [T])
+    return TaskGradients(losses.detach(), J, TensorDict(heads, []))
+
+
+def _in_transform() -> bool:
+    return torch.compiler.is_compiling() or torch._C._functorch.maybe_current_level() is not None
+
+
 def _loop(f: Callable, params: TensorDict, T: int, chunk_size: int | None):
     losses, pullback = vjp(f, params)
     eye = torch.eye(T, dtype=losses.dtype, device=losses.device)
@@ -156,5 +219,7 @@ def task_gradients(
     if strategy not in _IMPLEMENTATIONS:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {list(STRATEGIES)}")
     f = _checked(loss_fn, batch, names)
+    if strategy == "loop" and not _in_transform():
+        return _autograd_loop(f, params, names)
     losses, J = _IMPLEMENTATIONS[strategy](f, params, len(names), chunk_size)
     return _pack(losses, J, names)

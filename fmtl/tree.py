@@ -36,7 +36,8 @@ def row_sq_norms(J: TensorDict) -> torch.Tensor:
         >>> row_sq_norms(J)
         tensor([25.,  1.])
     """
-    return sum(_rows(v).pow(2).sum(1) for v in leaves(J))
+    # vector_norm reduces each row in one pass; pow(2).sum(1) would allocate a [T, P] temporary.
+    return sum(torch.linalg.vector_norm(_rows(v), dim=1).square() for v in leaves(J))
 
 
 def row_norms(J: TensorDict) -> torch.Tensor:

@@ -1,0 +1,106 @@
+"""Benchmark: the T task gradients per strategy × model × T, eager and compiled, time and peak memory.
+
+Every strategy is first checked equal to the loop baseline (one forward, T ``autograd.grad``).
+
+    python benchmarks/task_gradients.py                    # default table (a few minutes)
+    python benchmarks/task_gradients.py --quick            # smoke run (seconds)
+    python benchmarks/task_gradients.py --models cnn --tasks 11 --chunks 1,2,4
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+import fmtl  # noqa: E402
+from fmtl import strategy as auto  # noqa: E402
+
+STRATEGIES = ("jacrev", "vmap_grad", "loop")
+# the larger models stop at T=11 (QM9 has 11 targets; their T=40 runs would take minutes each)
+MAX_T = {"resnet": 11, "qm9_gnn": 11}
+
+
+def run_one(model: str, T: int, args) -> list[dict]:
+    problem = common.MODELS[model](T)
+    leaves = common._leaves_requiring_grad(problem.params)
+    losses, J, _ = common.loop_task_gradients(problem, leaves)
+    params, batch, loss_fn = problem.params, problem.batch, problem.loss_fn
+
+    def tg(strategy: str, chunk: int | None = None):
+        return lambda: fmtl.task_gradients(loss_fn, params, batch, strategy=strategy, chunk_size=chunk)
+
+    fns = {"loop baseline": lambda: common.loop_task_gradients(problem, leaves)}
+    for s in args.strategies:
+        fns[s] = tg(s)
+    for c in args.chunks:
+        if c < T:
+            fns[f"jacrev chunk={c}"] = tg("jacrev", c)
+    chosen = auto.choose_strategy(loss_fn, params, batch) if args.auto else None
+    if args.auto:
+        fns["auto"] = tg("auto")
+    for name, f in fns.items():
+        if name != "loop baseline":
+            common.assert_same_gradients(f(), losses, J)
+    compiled, mismatches = {}, []
+    if T in args.compile_tasks:
+        for s in args.compiled:
+            f = torch.compile(lambda p, b, s=s: fmtl.task_gradients(loss_fn, p, b, strategy=s), fullgraph=True)
+            try:
+                common.assert_same_gradients(f(params, batch), losses, J)
+            except AssertionError as e:  # recorded, not timed: a wrong result has no speed
+                mismatches.append({"model": model, "T": T, "variant": f"{s} compiled", "error": str(e)})
+                print(model, T, s, "compiled: MISMATCH", e, flush=True)
+                continue
+            compiled[f"{s} compiled"] = lambda f=f: f(params, batch)
+    times = common.bench({**fns, **compiled}, rounds=args.rounds, warmup=args.warmup)
+    rows = list(mismatches)
+    for name, ms in times.items():
+        f = {**fns, **compiled}[name]
+        rows.append({
+            "model": model, "T": T, "variant": name, "ms": round(ms, 3),
+            "ratio_vs_loop": round(ms / times["loop baseline"], 3),
+            "peak_mib": round(common.peak_mib(f), 2) if args.memory else None,
+            "auto_chose": chosen if name == "auto" else None,
+        })  # fmt: skip
+        print(f"{model:8s} T={T:3d} {name:22s} {ms:9.2f} ms  x{rows[-1]['ratio_vs_loop']:.2f}  "
+              f"peak {rows[-1]['peak_mib']} MiB" + (f"  (auto → {chosen})" if name == "auto" else ""), flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="mlp,cnn,resnet,qm9_gnn")
+    p.add_argument("--tasks", default="2,3,11,40")
+    p.add_argument("--compiled", default="jacrev", help="strategies to also run under torch.compile")
+    p.add_argument("--compile-tasks", default="11,40")
+    p.add_argument("--chunks", default="", help="extra eager rows: jacrev with these chunk sizes")
+    p.add_argument("--strategies", default=",".join(STRATEGIES), help="eager strategies to time")
+    p.add_argument("--no-auto", dest="auto", action="store_false")
+    common.add_run_args(p)
+    args = p.parse_args(argv)
+    common.setup(args)
+    if args.quick:
+        args.compiled = ""
+    args.compiled = [s for s in args.compiled.split(",") if s]
+    args.strategies = [s for s in args.strategies.split(",") if s]
+    args.compile_tasks = [int(t) for t in args.compile_tasks.split(",") if t]
+    args.chunks = [int(c) for c in args.chunks.split(",") if c]
+    results = {"machine": common.machine(), "rows": []}
+    name = Path(__file__).stem + ("" if args.malloc == "default" else "_malloc_tuned")
+    for model in args.models.split(","):
+        for T in (int(t) for t in args.tasks.split(",")):
+            if T <= MAX_T.get(model, T):
+                results["rows"] += run_one(model, T, args)
+                common.save(results, name, args.out)  # after every problem: a late failure loses nothing
+    print("wrote", common.save(results, name, args.out))
+
+
+if __name__ == "__main__":
+    main()

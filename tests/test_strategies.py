@@ -1,0 +1,180 @@
+"""Every task-gradient strategy (and ``"auto"``) equals a plain loop of ``torch.autograd.grad``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tensordict import TensorDict
+
+import fmtl
+from fmtl import strategy as auto
+
+CONCRETE = ("jacrev", "vmap_grad", "loop")
+
+
+def _problem(num_tasks: int, width: int, batch: int, dtype: torch.dtype, seed: int = 0, conv: bool = False):
+    """Heads of different output sizes and losses of different kinds, so tasks really differ."""
+    torch.manual_seed(seed)
+    if conv:
+        encoder = torch.nn.Sequential(
+            torch.nn.Conv2d(2, width, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(width, width, 3, stride=2),
+            torch.nn.Tanh(), torch.nn.Flatten(),
+        )
+        x = torch.randn(batch, 2, 6, 6, dtype=dtype)
+        features = width * 2 * 2
+    else:
+        encoder = torch.nn.Sequential(torch.nn.Linear(3, width), torch.nn.Tanh(), torch.nn.Linear(width, width))
+        x = torch.randn(batch, 3, dtype=dtype)
+        features = width
+    heads = {f"t{t}": torch.nn.Linear(features, 1 + t % 2) for t in range(num_tasks)}
+    params, apply = fmtl.functionalize(encoder.to(dtype), {k: h.to(dtype) for k, h in heads.items()})
+    y = torch.randn(batch, num_tasks, 2, dtype=dtype)
+
+    def loss_fn(p: TensorDict, b: TensorDict) -> torch.Tensor:
+        out = apply(p, b["x"])
+        losses = []
+        for t, k in enumerate(out):
+            err = out[k] - b["y"][:, t, : out[k].shape[-1]]
+            losses.append(err.pow(2).mean() if t % 3 else err.abs().mean() + err.pow(4).mean())
+        return torch.stack(losses)
+
+    return params, loss_fn, TensorDict({"x": x, "y": y}, [batch])
+
+
+def _reference(loss_fn, params: TensorDict, batch: TensorDict):
+    """Losses and gradients from one forward and T ``autograd.grad`` calls."""
+    leaves = params.apply(lambda v: v.detach().clone().requires_grad_())
+    losses = loss_fn(leaves, batch)
+    shared_keys = list(leaves["shared"].keys(True, True))
+    rows, heads = [], {}
+    for t, name in enumerate(leaves["tasks"].keys()):
+        head_keys = list(leaves["tasks", name].keys(True, True))
+        inputs = [leaves["shared", k] for k in shared_keys] + [leaves["tasks", name, k] for k in head_keys]
+        grads = torch.autograd.grad(losses[t], inputs, retain_graph=True, allow_unused=True)
+        grads = [torch.zeros_like(i) if g is None else g for g, i in zip(grads, inputs, strict=True)]
+        rows.append(dict(zip(shared_keys, grads[: len(shared_keys)], strict=True)))
+        heads[name] = TensorDict(dict(zip(head_keys, grads[len(shared_keys) :], strict=True)), [])
+    shared = {k: torch.stack([r[k] for r in rows]) for k in shared_keys}
+    return losses.detach(), shared, heads
+
+
+def _assert_matches(g: fmtl.TaskGradients, ref, dtype: torch.dtype) -> None:
+    tol = {"atol": 1e-5, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 1e-10, "rtol": 1e-9}
+    losses, shared, heads = ref
+    torch.testing.assert_close(g.losses, losses, **tol)
+    assert g.shared.batch_size == torch.Size([losses.shape[0]])
+    assert set(g.shared.keys(True, True)) == set(shared)
+    for k, v in shared.items():
+        torch.testing.assert_close(g.shared[k], v, **tol)
+    assert list(g.tasks.keys()) == list(heads)
+    for name, head in heads.items():
+        for k in head.keys(True, True):
+            torch.testing.assert_close(g.tasks[name][k], head[k], **tol)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    num_tasks=st.integers(1, 12),
+    width=st.integers(1, 16),
+    batch=st.integers(1, 9),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_every_strategy_equals_the_autograd_loop(num_tasks, width, batch, dtype, seed):
+    params, loss_fn, b = _problem(num_tasks, width, batch, dtype, seed)
+    ref = _reference(loss_fn, params, b)
+    for s in (*CONCRETE, "auto"):
+        _assert_matches(fmtl.task_gradients(loss_fn, params, b, strategy=s), ref, dtype)
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    num_tasks=st.integers(1, 12),
+    chunk_size=st.integers(1, 13),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    strategy=st.sampled_from(CONCRETE),
+)
+def test_chunk_size_does_not_change_the_result(num_tasks, chunk_size, dtype, strategy):
+    params, loss_fn, b = _problem(num_tasks, 5, 4, dtype)
+    ref = _reference(loss_fn, params, b)
+    _assert_matches(fmtl.task_gradients(loss_fn, params, b, strategy=strategy, chunk_size=chunk_size), ref, dtype)
+
+
+@pytest.mark.parametrize("strategy", (*CONCRETE, "auto"))
+def test_conv_encoder_matches_the_loop(strategy):
+    params, loss_fn, b = _problem(4, 3, 5, torch.float64, conv=True)
+    _assert_matches(fmtl.task_gradients(loss_fn, params, b, strategy=strategy), _reference(loss_fn, params, b),
+                    torch.float64)
+
+
+def test_inputs_are_not_mutated():
+    params, loss_fn, b = _problem(3, 4, 5, torch.float64)
+    before = params.clone()
+    for s in CONCRETE:
+        fmtl.task_gradients(loss_fn, params, b, strategy=s)
+    assert (params == before).all()
+
+
+def test_auto_measures_once_then_reuses_its_decision(monkeypatch):
+    auto.clear()
+    params, loss_fn, b = _problem(3, 4, 5, torch.float32)
+    calls = []
+    measure = auto._measure
+    monkeypatch.setattr(auto, "_measure", lambda run: calls.append(1) or measure(run))
+    first = auto.choose_strategy(loss_fn, params, b)
+    assert first in auto.CANDIDATES
+    assert auto.choose_strategy(loss_fn, params, b) == first
+    fmtl.task_gradients(loss_fn, params, b)
+    assert len(calls) == 1
+    # another shape is another problem: measured again
+    params2, loss_fn2, b2 = _problem(3, 4, 6, torch.float32)
+    auto.choose_strategy(loss_fn2, params2, b2)
+    assert len(calls) == 2
+    assert len(auto.decisions()) == 2
+
+
+def test_measurement_picks_the_fastest_candidate():
+    delays = {"jacrev": 0.004, "vmap_grad": 0.0, "loop": 0.05}
+
+    def run(s):
+        import time
+
+        time.sleep(delays[s])
+
+    assert auto._measure(run) == "vmap_grad"
+
+
+def test_unknown_strategy_is_rejected():
+    params, loss_fn, b = _problem(2, 3, 4, torch.float32)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        fmtl.task_gradients(loss_fn, params, b, strategy="fastest")
+
+
+def test_compiled_step_with_auto_matches_eager_and_measures_nothing():
+    auto.clear()
+    params, loss_fn, b = _problem(3, 4, 5, torch.float32)
+    step = fmtl.make_step(loss_fn, fmtl.balancers.get("dbmtl"), fmtl.optim.sgd(0.1))
+    state = step.init(params)
+    eager_params, _, eager_info = step(params, state, b)  # measures and caches an eager decision
+    chosen = list(auto.decisions().values())
+    compiled = torch.compile(lambda p, s, batch: step(p, s, batch), fullgraph=True)
+    new_params, _, info = compiled(params, state, b)
+    torch.testing.assert_close(info["weights"], eager_info["weights"], rtol=1e-4, atol=1e-6)
+    for k in params.keys(True, True):
+        torch.testing.assert_close(new_params[k], eager_params[k], rtol=1e-4, atol=1e-6)
+    # compiling never measures: the decision table is unchanged
+    assert list(auto.decisions().values()) == chosen
+
+
+def test_allocator_tuning_reports_whether_it_applied(monkeypatch):
+    from fmtl import allocator
+
+    monkeypatch.setenv("FMTL_DEFAULT_MALLOC", "1")
+    assert allocator.tune() is False  # the opt-out is honoured
+    monkeypatch.delenv("FMTL_DEFAULT_MALLOC")
+    applied = allocator.tune()
+    assert applied == (allocator._libc() is not None)
+    if applied:
+        assert allocator.is_tuned()
