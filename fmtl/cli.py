@@ -227,11 +227,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     import torch
 
+    from .allocator import tune
     from .checkpoint import CheckpointError
     from .runs import RunDirError
     from .train import TrainingDiverged
 
     args = build_parser().parse_args(argv)
+    tune()  # keep large freed blocks (vectorized backwards page-fault otherwise; FMTL_DEFAULT_MALLOC=1 opts out)
     threads = torch.get_num_threads()
     try:
         if args.command == "list":

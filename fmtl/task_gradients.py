@@ -39,7 +39,7 @@ from torch.overrides import TorchFunctionMode
 from .base import TaskGradients
 from .params import check_params, task_names
 
-__all__ = ["task_gradients", "STRATEGIES", "LossFn", "check_losses"]
+__all__ = ["task_gradients", "STRATEGIES", "LossFn", "check_losses", "checked_loss"]
 
 LossFn = Callable[[TensorDict, TensorDict], torch.Tensor]
 STRATEGIES = ("auto", "jacrev", "vmap_grad", "loop")
@@ -68,7 +68,15 @@ def check_losses(losses: torch.Tensor, names: list[str]) -> None:
         )
 
 
-def _checked(loss_fn: LossFn, batch: TensorDict, names: list[str]) -> Callable:
+def checked_loss(loss_fn: LossFn, batch: TensorDict, names: list[str]) -> Callable[[TensorDict], torch.Tensor]:
+    """``params -> loss_fn(params, batch)``, checked to return one loss per task (:func:`check_losses`).
+
+    Example:
+        >>> f = checked_loss(lambda p, b: p * b, torch.ones(2), ["a", "b"])
+        >>> f(torch.tensor([1.0, 2.0]))
+        tensor([1., 2.])
+    """
+
     def f(params: TensorDict) -> torch.Tensor:
         losses = loss_fn(params, batch)
         check_losses(losses, names)
@@ -218,7 +226,7 @@ def task_gradients(
         strategy = choose_strategy(loss_fn, params, batch, chunk_size=chunk_size)
     if strategy not in _IMPLEMENTATIONS:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {list(STRATEGIES)}")
-    f = _checked(loss_fn, batch, names)
+    f = checked_loss(loss_fn, batch, names)
     if strategy == "loop" and not _in_transform():
         return _autograd_loop(f, params, names)
     losses, J = _IMPLEMENTATIONS[strategy](f, params, len(names), chunk_size)

@@ -257,9 +257,10 @@ def _short(tasks: tuple[str, ...], values: list[float]) -> str:
     return " ".join(f"{t}={v:.3g}" for t, v in zip(tasks, values, strict=True))
 
 
-def _assemble(cfg: Mapping[str, Any], problem: benchmarks.Problem, dist_reduce: Callable | None):
-    """(initial params, predict, step, accumulator) of a run: the model (or the STL ensemble), the
-    balancer, the optimizer, bf16 autocast and gradient accumulation composed into ``make_step``."""
+def _assemble(cfg: Mapping[str, Any], problem: benchmarks.Problem, dist_reduce: Callable | None, strategy: str):
+    """(initial params, predict, step, accumulator, loss_fn) of a run: the model (or the STL
+    ensemble), the balancer, the optimizer, bf16 autocast and gradient accumulation composed into
+    ``make_step`` with the task-gradient ``strategy``."""
     model, tasks, method = problem.model, problem.tasks, cfg["method"]
     if model.buffers is not None:
         raise NotImplementedError("models with BatchNorm running statistics are not supported by the training loop yet")
@@ -280,16 +281,34 @@ def _assemble(cfg: Mapping[str, Any], problem: benchmarks.Problem, dist_reduce: 
 
     loss_fn = autocast_loss(loss_fn, cfg["amp"])
     optimizer = make_optimizer(cfg["optimizer"], float(cfg["lr"]), float(cfg["weight_decay"]))
-    accumulator = Accumulator(loss_fn, cfg["strategy"], cfg["chunk_size"], dist_reduce) if K > 1 else None
+    accumulator = Accumulator(loss_fn, strategy, cfg["chunk_size"], dist_reduce) if K > 1 else None
     step = make_step(
         loss_fn,
         _gradient_form(balancer) if accumulator is not None else balancer,
         optimizer,
         reduce=accumulator if accumulator is not None else dist_reduce,
-        strategy=cfg["strategy"],
+        strategy=strategy,
         chunk_size=cfg["chunk_size"],
     )
-    return params, predict, step, accumulator
+    return params, predict, step, accumulator, loss_fn
+
+
+def _resolve_strategy(loss_fn: LossFn, params: TensorDict, batch: Any, chunk_size: int | None, world: int) -> str:
+    """The concrete strategy ``"auto"`` picks for this run, decided once by rank 0 and shared.
+
+    Strategies agree only up to rounding, so a run (and its resume, and every rank) must use one
+    and the same: the choice is made here, saved in the checkpoint and reused on resume.
+    """
+    from .strategy import choose_strategy
+
+    rng = torch.get_rng_state()
+    choice = [choose_strategy(loss_fn, params, batch, chunk_size=chunk_size)]
+    torch.set_rng_state(rng)  # timing must not move the run's random stream
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(choice, src=0)
+    return choice[0]
 
 
 def train(
@@ -328,8 +347,7 @@ def train(
     tasks, method = problem.tasks, cfg["method"]
     hib = directions(problem.task_info)
     K = int(cfg["accumulate"])
-    params, predict, step, accumulator = _assemble(cfg, problem, dist_reduce)
-    run_step = torch.compile(step.__call__, fullgraph=True) if cfg["compile"] else step
+    params, predict, step, accumulator, loss_fn = _assemble(cfg, problem, dist_reduce, cfg["strategy"])
     state = step.init(params)
 
     train_ds = problem.splits["train"]
@@ -356,6 +374,12 @@ def train(
         params, state = checkpoint.restore(payload, params, state)
         position, history, extra = dict(payload["position"]), list(payload["history"]), {**extra, **payload["extra"]}
         torch.set_rng_state(payload["rng"])
+    if cfg["strategy"] == "auto":
+        if "strategy" not in extra:
+            shard = train_ds[torch.arange(min(len(train_ds), max(1, B // world // K)))]
+            extra["strategy"] = _resolve_strategy(loss_fn, params, shard, cfg["chunk_size"], world)
+        _, predict, step, accumulator, _ = _assemble(cfg, problem, dist_reduce, extra["strategy"])
+    run_step = torch.compile(step.__call__, fullgraph=True) if cfg["compile"] else step
     # Resuming drops log lines written after the checkpoint (or all of them when none was written).
     log = _Log(out, main, tensorboard, (extra["metrics_bytes"] if ckpt_path.exists() else 0) if resume else None)
     if main:

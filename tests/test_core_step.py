@@ -158,3 +158,12 @@ def test_compiled_step_equals_eager_never_recompiles_and_guards_nan():
     assert not bool(info["ok"])
     assert_trees_close(p_bad, pc, rtol=0, atol=0)
     assert s_bad.count.item() == sc.count.item()
+
+
+def test_huge_but_finite_gradients_are_not_called_non_finite():
+    """‖J_t‖² overflows float32 for entries ~1e20; the guard must look at the entries, not the norm."""
+    params, loss_fn, batch, _ = toy_problem(num_tasks=2, dtype=torch.float32)
+    step = fmtl.make_step(lambda p, b: loss_fn(p, b) * 1e20, fmtl.balancers.dbmtl(), fmtl.optim.adam(1e-3))
+    new, _, info = step(params, step.init(params), batch)
+    assert bool(info["ok"]) and torch.isinf(info["grad_norms"]).all()
+    assert all(torch.isfinite(v).all() for v in new.values(True, True))

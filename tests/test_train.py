@@ -131,11 +131,20 @@ def test_every_training_row_is_used_once_per_epoch_with_micro_batches(tmp_path, 
         return problem._replace(splits={**problem.splits, "train": Recording(problem.splits["train"])})
 
     monkeypatch.setattr(fmtl.benchmarks, "build", build)
-    res = train(tiny_config(method="ew", epochs=2, batch_size=7, accumulate=3), tmp_path / "r", quiet=True,
-                plots=False)  # fmt: skip
+    # a fixed strategy: "auto" reads one extra batch to time the strategies before training
+    res = train(tiny_config(method="ew", epochs=2, batch_size=7, accumulate=3, strategy="jacrev"), tmp_path / "r",
+                quiet=True, plots=False)  # fmt: skip
     assert res["steps"] == 2 * math.ceil(96 / 7)
     rows = torch.cat(seen)
     assert len(rows) == 2 * 96
     for epoch in (rows[:96], rows[96:]):
         assert torch.equal(epoch.sort().values, torch.arange(96))
     assert not torch.equal(rows[:96], rows[96:])  # reshuffled every epoch
+
+
+def test_auto_strategy_is_decided_once_and_kept_by_the_checkpoint(tmp_path):
+    """Strategies agree only up to rounding: a resumed run must reuse the first run's choice."""
+    cfg = tiny_config(method="dbmtl", epochs=1)
+    train(cfg, tmp_path / "r", quiet=True, plots=False)
+    chosen = fmtl.checkpoint.load(tmp_path / "r" / "checkpoint.pt")["extra"]["strategy"]
+    assert chosen in ("jacrev", "vmap_grad", "loop")
