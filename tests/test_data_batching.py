@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tensordict import TensorDict
+
 from fmtl.data import (
     Dataset,
     TaskInfo,
@@ -16,9 +20,6 @@ from fmtl.data import (
     names,
     num_batches,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from tensordict import TensorDict
 
 
 def _rows(n: int) -> TensorDataset:

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fmtl.data import batches, load
 from PIL import Image
+
+from fmtl.data import batches, load
 
 
 def _write_dense(root: Path, split: str, n: int, normal: bool, label_dir: str = "label") -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from fmtl.data import load
 from fmtl.data.multimnist import _digits, overlay
 from fmtl.data.safe_pickle import NumpyUnpickler, load_numpy_pickle

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fmtl.data import batches, load
 from fmtl.data.qm9 import (
     HARTREE_TO_EV,
@@ -20,8 +23,6 @@ from fmtl.data.qm9 import (
     qm9_split,
 )
 from fmtl.data.qm9_io import qm9pack_dir
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("qm9pack") is None,

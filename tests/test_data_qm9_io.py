@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from fmtl.data import load
 from fmtl.data.qm9 import HARTREE_TO_EV, qm9_targets
 from fmtl.data.qm9_io import read_pyg_raw, read_xyz_dir

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from fmtl.data import load
 from fmtl.data.synthetic import default_scales
 
