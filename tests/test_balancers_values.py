@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 from _balancer_samplers import random_gramian
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from tensordict import TensorDict
 
@@ -217,6 +217,7 @@ def test_imtl_g_equal_projections_on_unit_gradients(T, seed):
     assert abs(alpha.sum() - 1) < 1e-9
 
 
+@example((5, 2, 5), 1.828125)  # 0 in the hull of 5 gradients of rank 2: ‖g_w‖ ≈ 1e-6 ‖G‖^½
 @settings(max_examples=30, deadline=None)
 @given(shapes, st.floats(0.1, 2.0))
 def test_cagrad_stays_in_the_ball_and_beats_a_grid(shape, c):
@@ -226,8 +227,12 @@ def test_cagrad_stays_in_the_ball_and_beats_a_grid(shape, c):
     coef = fmtl.balancers.cagrad.cagrad_weights(G, c)  # d = Jᵀ coef before rescaling
     diff = coef - a
     g0 = torch.sqrt(a @ G @ a)
-    assert torch.sqrt((diff @ G @ diff).clamp_min(0)) <= c * g0 * (1 + 1e-6) + 1e-12
     w = _solvers.cagrad_dual(G, c)
+    # d − g₀ = (c‖g₀‖/‖g_w‖) g_w: evaluating its norm through G loses (‖G‖/‖g_w‖²)·1e-16 relative
+    gw2 = (w @ G @ w).clamp_min(1e-300)
+    slack = 1e-6 + 1e-14 * torch.diagonal(G).max() / gw2
+    assert torch.isfinite(coef).all()
+    assert torch.sqrt((diff @ G @ diff).clamp_min(0)) <= c * g0 * (1 + slack) + 1e-12
     F = lambda w: w @ G @ a + c * g0 * torch.sqrt((w @ G @ w).clamp_min(0))  # noqa: E731
     # the exact dual optimum is no worse than random points of the simplex
     rand = torch.distributions.Dirichlet(torch.ones(T, dtype=torch.float64)).sample((200,))
@@ -275,3 +280,10 @@ def test_solvers_fall_back_beyond_enumeration():
     assert (w >= 0).all() and abs(w.sum() - 1) < 1e-6
     grad, nu = G @ w, w @ G @ w
     assert (grad >= nu - 1e-2 * torch.diagonal(G).mean()).all()  # approximately optimal
+
+
+def test_cagrad_with_zero_in_the_hull_returns_the_mean_gradient():
+    """g₁ = −g₂ and g₃ ⟂ them: the dual optimum has g_w = 0 exactly; d must stay finite (= g₀)."""
+    J = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    coef = fmtl.balancers.cagrad.cagrad_weights(J @ J.T, 0.5)
+    torch.testing.assert_close(coef, torch.full((3,), 1 / 3, dtype=torch.float64))

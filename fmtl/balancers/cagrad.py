@@ -11,13 +11,15 @@ from ._solvers import cagrad_dual
 __all__ = ["cagrad", "cagrad_weights"]
 
 _RESCALES = (0, 1, 2)
+_DEGENERATE = 1e-5  # ‖g_w‖ below this times max_t ‖g_t‖ counts as 0
 
 
 def cagrad_weights(G: torch.Tensor, c: float) -> torch.Tensor:
     """The coefficients of d = g₀ + (c‖g₀‖/‖g_w‖) g_w on the rows of J (before rescaling).
 
     w solves the dual min_{w∈Δ} g_wᵀg₀ + c‖g₀‖‖g_w‖ (g_w = Jᵀw, g₀ = Jᵀ1/T) exactly
-    (:func:`fmtl.balancers._solvers.cagrad_dual`); ‖d − g₀‖ = c‖g₀‖.
+    (:func:`fmtl.balancers._solvers.cagrad_dual`); ‖d − g₀‖ = c‖g₀‖. Where 0 lies in the convex
+    hull of the task gradients (‖g_w‖ ≤ 1e-5 max_t ‖g_t‖: Pareto-stationary), d = g₀.
 
     Example:
         >>> cagrad_weights(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), 0.5)  # symmetric: w = ½, g_w = g₀, d = (1 + c) g₀
@@ -30,8 +32,13 @@ def cagrad_weights(G: torch.Tensor, c: float) -> torch.Tensor:
     G64 = G.to(torch.float64)
     w = cagrad_dual(G, c).to(torch.float64)
     g0_norm = (a @ G64 @ a).clamp_min(0).sqrt()
-    gw_norm = (w @ G64 @ w).clamp_min(0).sqrt().clamp_min(torch.finfo(torch.float64).tiny)
-    return (a + c * g0_norm / gw_norm * w).to(G.dtype)
+    gw_norm = (w @ G64 @ w).clamp_min(0).sqrt()
+    # 0 (numerically) in the convex hull of the g_t: g_w/‖g_w‖ is round-off, not a direction,
+    # and c‖g₀‖/‖g_w‖ would blow up; return g₀ itself (the centre of the ball) instead.
+    scale = torch.diagonal(G64).amax().clamp_min(0).sqrt()
+    defined = gw_norm > _DEGENERATE * scale
+    ratio = torch.where(defined, c * g0_norm / gw_norm.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+    return (a + ratio * w).to(G.dtype)
 
 
 def cagrad(c: float = 0.5, rescale: int = 1, log_transform: bool = False, eps: float = 1e-8) -> Balancer:
