@@ -80,7 +80,8 @@ def _launch(
         if p.is_alive():
             p.kill()
             p.join(5)
-    results = [torch.load(tmp_path / f"{r}.pt") if (tmp_path / f"{r}.pt").exists() else None for r in range(WORLD)]
+    results = [torch.load(tmp_path / f"{r}.pt", weights_only=True) if (tmp_path / f"{r}.pt").exists() else None
+               for r in range(WORLD)]
     errors = [(tmp_path / f"{r}.err").read_text() if (tmp_path / f"{r}.err").exists() else "" for r in range(WORLD)]
     return codes, results, errors
 
