@@ -148,3 +148,10 @@ def test_auto_strategy_is_decided_once_and_kept_by_the_checkpoint(tmp_path):
     train(cfg, tmp_path / "r", quiet=True, plots=False)
     chosen = fmtl.checkpoint.load(tmp_path / "r" / "checkpoint.pt")["extra"]["strategy"]
     assert chosen in ("jacrev", "vmap_grad", "loop")
+
+
+@pytest.mark.parametrize("method", fmtl.balancers.names())
+def test_every_registered_method_trains_through_the_loop(method, tmp_path):
+    res = train(tiny_config(method=method, epochs=1), tmp_path / method, quiet=True, plots=False)
+    assert res["method"] == method and res["steps"] > 0
+    assert all(math.isfinite(v) for task in res["final_test"].values() for v in task.values())
