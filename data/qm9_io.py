@@ -18,12 +18,13 @@ directory of the original ``dsgdb9nsd_*.xyz`` files, and PyTorch Geometric's raw
 from __future__ import annotations
 
 import csv
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .package_data import package_dir
 
 __all__ = ["PROPS", "ELEMENTS", "qm9pack_dir", "read_qm9pack", "read_xyz_dir", "read_pyg_raw"]
 
@@ -87,10 +88,7 @@ def qm9pack_dir() -> Path:
         >>> qm9pack_dir().name  # doctest: +SKIP
         'data'
     """
-    spec = importlib.util.find_spec("qm9pack")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(_INSTALL_HINT)
-    return Path(next(iter(spec.submodule_search_locations))) / "data"
+    return package_dir("qm9pack", _INSTALL_HINT) / "data"
 
 
 def read_qm9pack(directory: str | Path | None = None) -> dict[str, torch.Tensor]:
