@@ -53,7 +53,8 @@ def _regression(apply, num_tasks: int) -> Callable:
 
 
 def mlp(num_tasks: int, batch: int = 128) -> Problem:
-    """MLP encoder 64→512→512→512 (ReLU), T linear heads 512→1, MSE losses (via functionalize)."""
+    """MLP encoder 64→512→512→512 (ReLU), T linear heads 512→1, MSE losses (via functionalize,
+    which applies the heads as one product)."""
     torch.manual_seed(0)
     encoder = nn.Sequential(
         nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU()
@@ -64,13 +65,9 @@ def mlp(num_tasks: int, batch: int = 128) -> Problem:
     return Problem("mlp", params, _regression(apply, num_tasks), b, num_tasks)
 
 
-def mlp_stacked(num_tasks: int, batch: int = 128) -> Problem:
-    """The same MLP and parameters, its T linear heads applied as one einsum over stacked weights.
-
-    ``params`` keep one ψ_t per task; ``apply`` stacks them (cheap: heads are small) so the
-    backward to the shared representation z is one [B, T·O] × [T·O, D] product instead of T
-    separate [T, B, D] cotangents under ``vmap`` (the T² term of per-head application).
-    """
+def mlp_per_head(num_tasks: int, batch: int = 128) -> Problem:
+    """The same MLP and parameters with its T heads applied one by one (fmtl before
+    ``fmtl.heads.linear_heads``): under ``vmap`` each head's backward carries all T cotangents."""
     base = mlp(num_tasks, batch)
     torch.manual_seed(0)
     encoder = nn.Sequential(
@@ -80,12 +77,10 @@ def mlp_stacked(num_tasks: int, batch: int = 128) -> Problem:
 
     def task_losses(p: TensorDict, b: TensorDict) -> list[torch.Tensor]:
         z = torch.func.functional_call(encoder, fmtl.params.flat_dict(p["shared"]), (b["x"],))
-        w = torch.stack([p["tasks", n, "weight"] for n in names])  # [T, 1, D]
-        c = torch.stack([p["tasks", n, "bias"] for n in names])  # [T, 1]
-        out = torch.einsum("bd,tod->tbo", z, w).squeeze(-1) + c  # [T, B]
-        return list((out - b["y"].T).pow(2).mean(1).unbind(0))
+        out = [nn.functional.linear(z, p["tasks", n, "weight"], p["tasks", n, "bias"]) for n in names]
+        return [(o.squeeze(-1) - b["y"][:, t]).pow(2).mean() for t, o in enumerate(out)]
 
-    return Problem("mlp_stacked", base.params, task_losses, base.batch, num_tasks)
+    return Problem("mlp_per_head", base.params, task_losses, base.batch, num_tasks)
 
 
 def cnn(num_tasks: int, batch: int = 64) -> Problem:
@@ -152,7 +147,7 @@ def tiny(num_tasks: int) -> Problem:
 
 
 MODELS: dict[str, Callable[[int], Problem]] = {
-    "mlp": mlp, "mlp_stacked": mlp_stacked, "cnn": cnn, "resnet": resnet, "qm9_gnn": qm9_gnn, "tiny": tiny,
+    "mlp": mlp, "mlp_per_head": mlp_per_head, "cnn": cnn, "resnet": resnet, "qm9_gnn": qm9_gnn, "tiny": tiny,
 }  # fmt: skip
 
 
@@ -182,12 +177,13 @@ class LoopDBMTL:
     """The lean loop baseline of a DB-MTL step with Adam (same maths as fmtl's step).
 
     One forward, T ``autograd.grad`` calls, one flatten per task, then the log transform, EMA,
-    norms, α, aggregation and the step's diagnostics (norms, cosines) as tensor ops on [T, P],
-    then ``torch.optim.Adam(foreach=True)``.
+    norms, α, aggregation and the step's gradient norms as tensor ops on [T, P] (and the cosines
+    with ``diagnostics=True``), then ``torch.optim.Adam(foreach=True)``.
     """
 
-    def __init__(self, problem: Problem, beta: float = 0.9, eps: float = 1e-8, lr: float = 1e-3):
-        self.problem, self.beta, self.eps = problem, beta, eps
+    def __init__(self, problem: Problem, beta: float = 0.9, eps: float = 1e-8, lr: float = 1e-3,
+                 diagnostics: bool = False):  # fmt: skip
+        self.problem, self.beta, self.eps, self.diagnostics = problem, beta, eps, diagnostics
         self.leaves = _leaves_requiring_grad(problem.params)
         self.shared = list(self.leaves["shared"].values(True, True))
         self.heads = [list(self.leaves["tasks", n].values(True, True)) for n in self.leaves["tasks"].keys()]
@@ -202,9 +198,12 @@ class LoopDBMTL:
         norms = torch.linalg.vector_norm(self.ema, dim=1)
         w = norms.max() / (norms + self.eps)
         g = w @ self.ema
-        G = gramian(TensorDict({"J": J}, [J.shape[0]]))
-        d = G.diagonal().sqrt()
-        cosine = G / (d[:, None] * d[None, :])
+        if self.diagnostics:
+            G = gramian(TensorDict({"J": J}, [J.shape[0]]))
+            d = G.diagonal().sqrt()
+            cosine = G / (d[:, None] * d[None, :])
+        else:
+            d, cosine = torch.linalg.vector_norm(J, dim=1), None
         offset = 0
         for v in self.shared:
             v.grad = g[offset : offset + v.numel()].view_as(v)

@@ -2,8 +2,10 @@
 
 Rows per model and T (eager, then compiled with ``torch.compile(fullgraph=True)``):
 ``loop step`` (lean loop baseline, same maths), ``libmtl step`` (LibMTL-faithful), ``dbmtl step``
-(fmtl), ``task_gradients`` (the bare call inside it), ``ew step`` (one backward: the floor of any
-step), ``uw step`` (a loss-only balancer), and the FLOP floor ``1 forward + T backwards``.
+(fmtl; ``+cosines``: with ``diagnostics=True``, against ``loop step +cosines``), ``task_gradients``
+(the bare call inside it), ``ew step`` (one backward: the floor of any step), ``uw step`` (a
+loss-only balancer), the FLOP floor ``1 forward + T backwards``, and the ``[T, P] update floor``
+(the least memory traffic of DB-MTL's update: one fused EMA pass, the norms, the combination).
 
     python benchmarks/step.py              # default table (a few minutes)
     python benchmarks/step.py --quick      # smoke run (seconds)
@@ -25,11 +27,19 @@ import fmtl  # noqa: E402
 from fmtl import strategy as auto  # noqa: E402
 
 
+def _update_floor(ema, J):
+    new = ema.apply(lambda e, g: torch.lerp(e, g, 0.1), J)
+    norms = fmtl.tree.row_norms(new)
+    return fmtl.tree.combine(norms, new)
+
+
 def run_one(model: str, T: int, args) -> list[dict]:
     problem = common.MODELS[model](T)
     params, batch, loss_fn = problem.params, problem.batch, problem.loss_fn
     steps = {
         "dbmtl step": fmtl.make_step(loss_fn, fmtl.balancers.get("dbmtl"), fmtl.optim.adam(1e-3)),
+        "dbmtl step +cosines": fmtl.make_step(loss_fn, fmtl.balancers.get("dbmtl"), fmtl.optim.adam(1e-3),
+                                              diagnostics=True),
         "ew step": fmtl.make_step(loss_fn, fmtl.balancers.get("ew"), fmtl.optim.adam(1e-3)),
     }
     if "uw" in fmtl.balancers.names():
@@ -44,13 +54,19 @@ def run_one(model: str, T: int, args) -> list[dict]:
     ours = torch.cat([v.reshape(-1) for v in g["shared"].values(True, True)])
     theirs = torch.cat([v.grad.reshape(-1) for v in loop.shared])
     assert torch.linalg.vector_norm(ours - theirs) <= 1e-3 * torch.linalg.vector_norm(theirs), "loop step differs"
+    J = fmtl.task_gradients(loss_fn, params, batch).shared
+    ema = J.apply(torch.randn_like)
     fns = {
         "loop step": loop,
+        "loop step +cosines": common.LoopDBMTL(problem, diagnostics=True),
         "libmtl step": common.LibMTLDBMTL(problem),
         **{k: (lambda k=k: steps[k](params, states[k], batch)) for k in steps},
         "task_gradients": lambda: fmtl.task_gradients(loss_fn, params, batch),
         "forward": lambda: loss_fn(params, batch),
         "forward+backward": lambda: torch.func.grad(lambda p: loss_fn(p, batch).sum())(params),
+        # DB-MTL's least memory traffic over [T, P]: the EMA as one fused pass (read ĝ and g,
+        # write ĝ), one pass for the norms, one for Σ_t w_t ĝ_t
+        "[T, P] update floor": lambda: _update_floor(ema, J),
     }
     if args.compile and model in args.compile_models:
         for k in ("dbmtl step", "ew step"):
@@ -69,11 +85,11 @@ def run_one(model: str, T: int, args) -> list[dict]:
                "vs_loop_step": round(ms / times["loop step"], 3),
                "vs_libmtl_step": round(ms / times["libmtl step"], 3),
                "vs_flop_floor": round(ms / floor, 3)}  # fmt: skip
-        if name.startswith("dbmtl step"):
+        if name.startswith("dbmtl step") or name == "[T, P] update floor":
             row["vs_own_task_gradients"] = round(ms / times["task_gradients" + suffix], 3)
         if name.startswith("uw step"):
             row["vs_ew_step"] = round(ms / times["ew step" + suffix], 3)
-        if args.memory and not suffix and name not in ("forward", "forward+backward"):
+        if args.memory and not suffix and name not in ("forward", "forward+backward", "[T, P] update floor"):
             row["peak_mib"] = round(common.peak_mib(fns[name]), 2)
         rows.append(row)
         extra = {k: v for k, v in row.items() if k.startswith("vs_") or k == "peak_mib"}
@@ -84,10 +100,10 @@ def run_one(model: str, T: int, args) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="mlp,mlp_stacked,cnn,qm9_gnn")
+    p.add_argument("--models", default="mlp,mlp_per_head,cnn,qm9_gnn")
     p.add_argument("--tasks", default="11,40", help="task counts (T=40 only for mlp)")
     p.add_argument("--no-compile", dest="compile", action="store_false")
-    p.add_argument("--compile-models", default="mlp,mlp_stacked", help="models that also get compiled rows")
+    p.add_argument("--compile-models", default="mlp,qm9_gnn", help="models that also get compiled rows")
     common.add_run_args(p)
     args = p.parse_args(argv)
     common.setup(args)
@@ -97,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     name = Path(__file__).stem + ("" if args.malloc == "default" else "_malloc_tuned")
     for model in args.models.split(","):
         for T in (int(t) for t in args.tasks.split(",")):
-            if T > 11 and model not in ("mlp", "mlp_stacked", "tiny"):
+            if T > 11 and model not in ("mlp", "mlp_per_head", "tiny"):
                 continue
             results["rows"] += run_one(model, T, args)
     print("wrote", common.save(results, name, args.out))

@@ -184,9 +184,7 @@ def _check_shards(n: int, batch_size: int, world: int, main: bool) -> bool:
 
 
 def _floats(x: torch.Tensor) -> list:
-    return [float(v) for v in x.detach().double().reshape(-1).tolist()] if x.dim() <= 1 else [
-        _floats(r) for r in x
-    ]
+    return [float(v) for v in x.detach().double().reshape(-1).tolist()] if x.dim() <= 1 else [_floats(r) for r in x]
 
 
 def _nonfinite_tasks(tasks: tuple[str, ...], losses: torch.Tensor) -> list[str]:
@@ -282,15 +280,21 @@ def _assemble(cfg: Mapping[str, Any], problem: benchmarks.Problem, dist_reduce: 
     loss_fn = autocast_loss(loss_fn, cfg["amp"])
     optimizer = make_optimizer(cfg["optimizer"], float(cfg["lr"]), float(cfg["weight_decay"]))
     accumulator = Accumulator(loss_fn, strategy, cfg["chunk_size"], dist_reduce) if K > 1 else None
-    step = make_step(
-        loss_fn,
-        _gradient_form(balancer) if accumulator is not None else balancer,
-        optimizer,
-        reduce=accumulator if accumulator is not None else dist_reduce,
-        strategy=strategy,
-        chunk_size=cfg["chunk_size"],
+    # Two steps with the same update: the logged steps also compute the gradient cosines (the
+    # T×T Gramian, an extra pass over the task gradients that the other steps skip).
+    step, logged_step = (
+        make_step(
+            loss_fn,
+            _gradient_form(balancer) if accumulator is not None else balancer,
+            optimizer,
+            reduce=accumulator if accumulator is not None else dist_reduce,
+            strategy=strategy,
+            chunk_size=cfg["chunk_size"],
+            diagnostics=diagnostics,
+        )
+        for diagnostics in (False, True)
     )
-    return params, predict, step, accumulator, loss_fn
+    return params, predict, (step, logged_step), accumulator, loss_fn
 
 
 def _resolve_strategy(loss_fn: LossFn, params: TensorDict, batch: Any, chunk_size: int | None, world: int) -> str:
@@ -347,8 +351,8 @@ def train(
     tasks, method = problem.tasks, cfg["method"]
     hib = directions(problem.task_info)
     K = int(cfg["accumulate"])
-    params, predict, step, accumulator, loss_fn = _assemble(cfg, problem, dist_reduce, cfg["strategy"])
-    state = step.init(params)
+    params, predict, steps, accumulator, loss_fn = _assemble(cfg, problem, dist_reduce, cfg["strategy"])
+    state = steps[0].init(params)
 
     train_ds = problem.splits["train"]
     B, E = int(cfg["batch_size"]), int(cfg["epochs"])
@@ -378,8 +382,8 @@ def train(
         if "strategy" not in extra:
             shard = train_ds[torch.arange(min(len(train_ds), max(1, B // world // K)))]
             extra["strategy"] = _resolve_strategy(loss_fn, params, shard, cfg["chunk_size"], world)
-        _, predict, step, accumulator, _ = _assemble(cfg, problem, dist_reduce, extra["strategy"])
-    run_step = torch.compile(step.__call__, fullgraph=True) if cfg["compile"] else step
+        _, predict, steps, accumulator, _ = _assemble(cfg, problem, dist_reduce, extra["strategy"])
+    run_step, run_logged_step = (torch.compile(s.__call__, fullgraph=True) if cfg["compile"] else s for s in steps)
     # Resuming drops log lines written after the checkpoint (or all of them when none was written).
     log = _Log(out, main, tensorboard, (extra["metrics_bytes"] if ckpt_path.exists() else 0) if resume else None)
     if main:
@@ -427,7 +431,8 @@ def train(
                     batch = train_ds[idx]
                 k = position["step"]
                 try:
-                    new_params, new_state, info = run_step(params, state, batch)
+                    logged = (k + 1) % log_every == 0
+                    new_params, new_state, info = (run_logged_step if logged else run_step)(params, state, batch)
                 except FloatingPointError as e:
                     raise TrainingDiverged(
                         f"step {k + 1} (epoch {epoch + 1}, batch {position['batch'] + 1}): {e}"
@@ -514,4 +519,3 @@ def train(
     if world > 1:
         distributed.shutdown()
     return results
-

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from tensordict import TensorDict
 
+from fmtl.heads import linear_heads
+
 from ._core import Model, SeedLike, generator, linear, linear_init, no_batch_norm, td
 
 __all__ = ["qm9_gnn", "QM9_TASKS"]
@@ -181,6 +183,6 @@ def qm9_gnn(
             r = h.new_zeros(b, d).index_add(0, seg, a.unsqueeze(-1) * h)
             q_star = torch.cat([hs, r], dim=-1)
         z = torch.relu(linear(p["lin1"], q_star))
-        return {t: linear(params["tasks", t], z) for t in names}
+        return linear_heads(params["tasks"], z, names)
 
     return no_batch_norm(forward, params)

@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from tensordict import TensorDict
 
+from fmtl.heads import linear_heads
+
 from ._core import Model, SeedLike, generator, linear, linear_init, no_batch_norm, td
 
 __all__ = ["mlp_hps"]
@@ -56,22 +58,11 @@ def mlp_hps(
     params = td({"shared": td({"layers": td(layers)}), "tasks": td(heads)})
     n_layers = len(hidden)
     names = list(tasks)
-    # Heads of one output width run as one batched matmul over their stacked weights: applied one
-    # by one, each head's backward under vmap touches all T cotangents (T² small products).
-    stacked = len(set(tasks.values())) == 1
-
-    def heads(params: TensorDict, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        if not stacked:
-            return {t: linear(params["tasks", t], z) for t in names}
-        weight = torch.stack([params["tasks", t, "weight"] for t in names])  # [T, O, D]
-        bias = torch.stack([params["tasks", t, "bias"] for t in names])  # [T, O]
-        out = torch.einsum("bd,tod->tbo", z, weight) + bias[:, None, :]
-        return {t: out[i] for i, t in enumerate(names)}
 
     def forward(params: TensorDict, x: torch.Tensor) -> dict[str, torch.Tensor]:
         z = x
         for i in range(n_layers):
             z = activation(linear(params["shared", "layers", str(i)], z))
-        return heads(params, z)
+        return linear_heads(params["tasks"], z, names)
 
     return no_batch_norm(forward, params)

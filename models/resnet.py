@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from tensordict import TensorDict
 
+from fmtl.heads import linear_heads
+
 from ._core import (
     Model,
     Norm,
@@ -17,7 +19,6 @@ from ._core import (
     conv,
     generator,
     kaiming_conv_init,
-    linear,
     linear_init,
     td,
     with_batch_norm,
@@ -111,7 +112,7 @@ def resnet(
                 h = norm(path + ("downsample", "1"), sc)
             h = torch.relu(y + h)
         z = h.mean(dim=(2, 3))
-        return {t: linear(params["tasks", t], z) for t in names}
+        return linear_heads(params["tasks"], z, names)
 
     return with_batch_norm(forward, params, buffers)
 

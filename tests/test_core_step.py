@@ -29,16 +29,38 @@ def test_step_is_pure_and_deterministic():
     assert not torch.equal(out1[0]["shared", "0", "weight"], params["shared", "0", "weight"])
 
 
-def test_info_reports_losses_norms_weights_and_cosines():
+@pytest.mark.parametrize("diagnostics", [False, True])
+def test_info_reports_losses_norms_weights_and_cosines(diagnostics):
     params, loss_fn, batch, _ = toy_problem(num_tasks=3)
-    _, _, info = _step(loss_fn)(params, _step(loss_fn).init(params), batch)
+    step = fmtl.make_step(loss_fn, fmtl.balancers.dbmtl(), fmtl.optim.adam(1e-2), diagnostics=diagnostics)
+    _, _, info = step(params, step.init(params), batch)
     g = fmtl.task_gradients(loss_fn, params, batch)
     torch.testing.assert_close(info["losses"], g.losses)
     norms = fmtl.tree.row_norms(g.shared)
     torch.testing.assert_close(info["grad_norms"], norms)
     J = torch.cat([v.reshape(3, -1) for v in g.shared.values(True, True)], 1)
-    torch.testing.assert_close(info["cosine"], torch.nn.functional.cosine_similarity(J[:, None], J[None], dim=-1))
+    if diagnostics:
+        cosine = torch.nn.functional.cosine_similarity(J[:, None], J[None], dim=-1)
+        torch.testing.assert_close(info["cosine"], cosine)
+    else:  # the Gramian is skipped unless asked for
+        assert info["cosine"].shape == (3, 3) and torch.isnan(info["cosine"]).all()
     assert info["weights"].shape == (3,) and bool(info["ok"])
+
+
+@pytest.mark.parametrize("method", ["dbmtl", "uw"])
+def test_diagnostics_do_not_change_the_update(method):
+    params, loss_fn, batch, _ = toy_problem(num_tasks=3)
+    plain, logged = (fmtl.make_step(loss_fn, fmtl.balancers.get(method), fmtl.optim.adam(1e-2), diagnostics=d)
+                     for d in (False, True))  # fmt: skip
+    state_a = state_b = plain.init(params)
+    pa = pb = params
+    for _ in range(3):
+        pa, state_a, _ = plain(pa, state_a, batch)
+        pb, state_b, info = logged(pb, state_b, batch)
+    assert_trees_close(pa, pb, rtol=0, atol=0)
+    for a, b in zip(torch.utils._pytree.tree_leaves(state_a), torch.utils._pytree.tree_leaves(state_b), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert torch.isfinite(info["cosine"]).all() and torch.isfinite(info["grad_norms"]).all()
 
 
 def test_loss_balancer_takes_one_backward_of_the_weighted_sum():
@@ -133,8 +155,7 @@ def test_params_without_the_shared_tasks_layout_are_refused():
 
 def test_compiled_step_equals_eager_never_recompiles_and_guards_nan():
     params, loss_fn, batch, _ = toy_problem(num_tasks=3, dtype=torch.float32)
-    step = fmtl.make_step(loss_fn, fmtl.balancers.dbmtl(beta_sigma=0.5),
-                          fmtl.optim.adam(lambda k: 1e-2 / k.sqrt()))
+    step = fmtl.make_step(loss_fn, fmtl.balancers.dbmtl(beta_sigma=0.5), fmtl.optim.adam(lambda k: 1e-2 / k.sqrt()))
     compiled = torch.compile(step, fullgraph=True)
     state = step.init(params)
     pe, se, pc, sc = params, state, params, state
