@@ -146,6 +146,9 @@ def tiny(num_tasks: int) -> Problem:
     return Problem("tiny", params, _regression(apply, num_tasks), b, num_tasks)
 
 
+# Models whose heads fmtl applies as one product, and the same model with heads one by one.
+PER_HEAD: dict[str, Callable[[int], Problem]] = {"mlp": mlp_per_head}
+
 MODELS: dict[str, Callable[[int], Problem]] = {
     "mlp": mlp, "mlp_per_head": mlp_per_head, "cnn": cnn, "resnet": resnet, "qm9_gnn": qm9_gnn, "tiny": tiny,
 }  # fmt: skip

@@ -34,7 +34,7 @@ def plot_task_gradients(path: Path) -> list[Path]:
                 if len(pts) > 1:
                     pts.sort()
                     ax.plot(*zip(*pts, strict=True), marker="o", label=variant,
-                            linestyle="--" if variant == "loop baseline" else "-")  # fmt: skip
+                            linestyle="--" if variant.startswith("loop baseline") else "-")  # fmt: skip
             ax.set_title(model)
             ax.set_xlabel("T (tasks)")
             ax.set_ylabel(label)

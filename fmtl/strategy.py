@@ -48,8 +48,35 @@ def _describe(x: Any) -> str:
     return type(x).__name__
 
 
+def _identity(fn: Callable) -> str:
+    """The loss function's code, plus the objects it is bound to or closes over that are callable.
+
+    One code object serves many models (a method of a problem class, a closure made by a factory
+    around each model's ``apply``): the code alone would hand one model's decision to another of
+    the same shapes. Only callables count, so a closure re-made around the same model each step
+    keeps its key.
+    """
+    owner = getattr(fn, "__self__", None)
+    fn = getattr(fn, "__func__", fn)
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return type(fn).__name__
+    captured = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _filled(c)]
+    ids = [id(x) for x in captured if callable(x)] + ([id(owner)] if owner is not None else [])
+    return f"{code.co_filename}:{code.co_firstlineno}:{code.co_name}" + "".join(f"@{i:x}" for i in ids)
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 (an empty cell raises)
+    except ValueError:
+        return False
+    return True
+
+
 def cache_key(loss_fn: Callable, params: TensorDict, batch: Any, *, chunk_size: int | None = None) -> str:
-    """The key ``"auto"`` caches its decision under: code, task count, shapes, dtypes, device, chunk.
+    """The key ``"auto"`` caches its decision under: the loss function (its code and the callables it
+    is bound to or closes over), task count, shapes, dtypes, device, chunk.
 
     Example:
         >>> p = TensorDict({"shared": {"w": torch.zeros(3)}, "tasks": {"a": {"b": torch.zeros(1)}}}, [])
@@ -58,8 +85,7 @@ def cache_key(loss_fn: Callable, params: TensorDict, batch: Any, *, chunk_size: 
         >>> cache_key(len, p, torch.zeros(2)).split("|")[3]
         'batch=(2,):torch.float32:cpu'
     """
-    code = getattr(loss_fn, "__code__", None)
-    where = f"{code.co_filename}:{code.co_firstlineno}:{code.co_name}" if code is not None else type(loss_fn).__name__
+    where = _identity(loss_fn)
     num_tasks = len(list(params["tasks"].keys())) if "tasks" in params.keys() else 0
     # lists, not generators: dynamo traces str.join of a list but not of a generator
     leaves = ",".join([f"{'.'.join(k)}={_describe(v)}" for k, v in params.items(True, True)])

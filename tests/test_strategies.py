@@ -178,3 +178,27 @@ def test_allocator_tuning_reports_whether_it_applied(monkeypatch):
     assert applied == (allocator._libc() is not None)
     if applied:
         assert allocator.is_tuned()
+
+
+def test_cache_key_tells_models_of_the_same_shapes_apart():
+    p = TensorDict({"shared": {"w": torch.zeros(3)}, "tasks": {"a": {"b": torch.zeros(1)}}}, [])
+    x = torch.zeros(2)
+
+    def factory(apply):
+        def loss_fn(params, batch):
+            return apply(params, batch)
+
+        return loss_fn
+
+    def apply_a(params, batch): ...
+    def apply_b(params, batch): ...
+
+    class Problem:
+        def loss_fn(self, params, batch): ...
+
+    one, two = Problem(), Problem()
+    key = auto.cache_key
+    assert key(factory(apply_a), p, x) == key(factory(apply_a), p, x)  # re-made around the same model
+    assert key(factory(apply_a), p, x) != key(factory(apply_b), p, x)  # same code, another model
+    assert key(one.loss_fn, p, x) == key(one.loss_fn, p, x)
+    assert key(one.loss_fn, p, x) != key(two.loss_fn, p, x)
