@@ -13,13 +13,14 @@ decides empirically, the first time it meets a problem:
 2. **Eager, later calls** — the cached winner.
 3. **Under** ``torch.compile`` — nothing is timed (timing is not traceable) and eager timings
    are not reused, because they do not transfer: compiled, the vmapped backward is fused and
-   its temporaries planned (QM9 MPNN, T=11: ``jacrev`` is 1.8× the loop eagerly, 0.59× compiled).
+   its temporaries planned (QM9 MPNN, T=11, 2 threads: ``jacrev`` is 2.6× the loop eagerly,
+   1.0× compiled).
    :func:`rule` decides. Pass ``strategy="loop"`` or a ``chunk_size`` explicitly where the
    vectorized working set is too large (convolutions at large T).
 
-The rule: ``"jacrev"`` (one forward, the T backwards vmapped). Compiled, it beat the eager loop
-baseline on the MLP (0.84–0.92×), the 4-layer CNN at T=11 (0.83×) and the QM9 MPNN (0.59×), not
-on the CNN at T=40 (1.66×); see ``benchmarks/RESULTS.md``.
+The rule: ``"jacrev"`` (one forward, the T backwards vmapped). Compiled, it beats or matches the
+eager loop baseline on the MLP (0.76–0.77× at T = 11 and 40), the 4-layer CNN at T=11 (0.83×)
+and the QM9 MPNN (1.0×), not on the CNN at T=40 (1.66×); see ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
