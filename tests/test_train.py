@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 
 import pytest
@@ -86,12 +87,17 @@ def test_bf16_run_trains(tmp_path):
 
 
 def test_compiled_step_matches_eager(tmp_path):
-    cfg = dict(method="dbmtl", epochs=1, data={"n": 32})  # two full batches: one compilation
+    # two full batches, the second logged: each of the two compiled steps (with and without the
+    # cosines) runs once
+    cfg = dict(method="dbmtl", epochs=1, data={"n": 32}, log_every=2)
     train(tiny_config(**cfg), tmp_path / "eager", quiet=True, plots=False)
     train(tiny_config(compile=True, **cfg), tmp_path / "compiled", quiet=True, plots=False)
     a, b = final_params(tmp_path / "eager"), final_params(tmp_path / "compiled")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    lines = (tmp_path / "compiled" / "metrics.jsonl").read_text().splitlines()
+    steps = [r for r in map(json.loads, lines) if r["type"] == "step"]
+    assert [r["step"] for r in steps] == [2] and all(math.isfinite(c) for row in steps[0]["cosine"] for c in row)
 
 
 def test_tensorboard_flag(tmp_path, capsys):
