@@ -39,7 +39,7 @@ from .config import dumps
 from .data import batch_indices, num_batches
 from .evaluate import evaluate
 from .selection import directions, select
-from .step import make_step
+from .step import Step, make_step
 from .task_gradients import LossFn, task_gradients
 
 __all__ = ["TrainingDiverged", "Accumulator", "make_optimizer", "autocast_loss", "train", "OPTIMIZERS"]
@@ -280,20 +280,17 @@ def _assemble(cfg: Mapping[str, Any], problem: benchmarks.Problem, dist_reduce: 
     loss_fn = autocast_loss(loss_fn, cfg["amp"])
     optimizer = make_optimizer(cfg["optimizer"], float(cfg["lr"]), float(cfg["weight_decay"]))
     accumulator = Accumulator(loss_fn, strategy, cfg["chunk_size"], dist_reduce) if K > 1 else None
-    # Two steps with the same update: the logged steps also compute the gradient cosines (the
-    # T×T Gramian, an extra pass over the task gradients that the other steps skip).
-    step, logged_step = (
-        make_step(
-            loss_fn,
-            _gradient_form(balancer) if accumulator is not None else balancer,
-            optimizer,
-            reduce=accumulator if accumulator is not None else dist_reduce,
-            strategy=strategy,
-            chunk_size=cfg["chunk_size"],
-            diagnostics=diagnostics,
-        )
-        for diagnostics in (False, True)
-    )
+    balancer = _gradient_form(balancer) if accumulator is not None else balancer
+
+    def build(diagnostics: bool) -> Step:
+        return make_step(loss_fn, balancer, optimizer, reduce=accumulator if accumulator is not None else dist_reduce,
+                         strategy=strategy, chunk_size=cfg["chunk_size"], diagnostics=diagnostics)  # fmt: skip
+
+    # The logged steps of a gradient balancer also compute the gradient cosines (the T×T Gramian,
+    # an extra pass over the task gradients that the other steps skip; the update is the same).
+    # A loss balancer logs without them: they would cost it a whole task Jacobian.
+    step = build(False)
+    logged_step = build(True) if balancer.loss_weights is None else step
     return params, predict, (step, logged_step), accumulator, loss_fn
 
 
@@ -383,7 +380,9 @@ def train(
             shard = train_ds[torch.arange(min(len(train_ds), max(1, B // world // K)))]
             extra["strategy"] = _resolve_strategy(loss_fn, params, shard, cfg["chunk_size"], world)
         _, predict, steps, accumulator, _ = _assemble(cfg, problem, dist_reduce, extra["strategy"])
-    run_step, run_logged_step = (torch.compile(s.__call__, fullgraph=True) if cfg["compile"] else s for s in steps)
+    run_step = torch.compile(steps[0].__call__, fullgraph=True) if cfg["compile"] else steps[0]
+    run_logged_step = run_step if steps[1] is steps[0] else (
+        torch.compile(steps[1].__call__, fullgraph=True) if cfg["compile"] else steps[1])  # fmt: skip
     # Resuming drops log lines written after the checkpoint (or all of them when none was written).
     log = _Log(out, main, tensorboard, (extra["metrics_bytes"] if ckpt_path.exists() else 0) if resume else None)
     if main:

@@ -161,3 +161,13 @@ def test_every_registered_method_trains_through_the_loop(method, tmp_path):
     res = train(tiny_config(method=method, epochs=1), tmp_path / method, quiet=True, plots=False)
     assert res["method"] == method and res["steps"] > 0
     assert all(math.isfinite(v) for task in res["final_test"].values() for v in task.values())
+
+
+def test_logged_steps_add_cosines_only_where_the_task_gradients_exist(tmp_path):
+    for method, finite in (("dbmtl", True), ("uw", False)):  # uw: no Jacobian, none computed to log
+        train(tiny_config(method=method, epochs=1, log_every=2), tmp_path / method, quiet=True, plots=False)
+        lines = (tmp_path / method / "metrics.jsonl").read_text().splitlines()
+        steps = [r for r in map(json.loads, lines) if r["type"] == "step"]
+        assert steps and all(r["step"] % 2 == 0 for r in steps)
+        cosines = [c for r in steps for row in r["cosine"] for c in row]
+        assert all(math.isfinite(c) == finite for c in cosines), method
