@@ -43,6 +43,12 @@ def linear_heads(heads: TensorDict, z: torch.Tensor, names: Sequence[str] | None
     """
     names = list(heads.keys()) if names is None else list(names)
     weights = [heads[n, "weight"] for n in names]
+    for n, w in zip(names, weights, strict=True):
+        if w.dim() != 2 or w.shape[1] != z.shape[-1]:
+            raise ValueError(
+                f"head {n!r}: weight of shape {tuple(w.shape)} does not take features of size {z.shape[-1]} "
+                f"(a linear head's weight is [out, {z.shape[-1]}])"
+            )
     has_bias = ["bias" in heads[n].keys() for n in names]
     if any(has_bias) and not all(has_bias):
         return {n: F.linear(z, heads[n, "weight"], heads[n].get("bias", None)) for n in names}

@@ -39,6 +39,12 @@ def test_linear_heads_equal_heads_applied_one_by_one(widths, bias, lead):
         torch.testing.assert_close(got[k], want[k], rtol=1e-12, atol=1e-12)
 
 
+def test_a_head_of_the_wrong_input_size_is_named():
+    heads = TensorDict({"a": {"weight": torch.ones(1, 3)}, "b": {"weight": torch.ones(2, 4)}}, [])
+    with pytest.raises(ValueError, match="head 'b': weight of shape \\(2, 4\\) does not take features of size 3"):
+        linear_heads(heads, torch.ones(5, 3))
+
+
 def test_linear_heads_follow_the_given_task_order():
     heads = TensorDict({"a": {"weight": torch.ones(1, 2)}, "b": {"weight": 2 * torch.ones(2, 2)}}, [])
     out = linear_heads(heads, torch.ones(1, 2), ["b", "a"])
