@@ -19,10 +19,13 @@ Models without BatchNorm have ``buffers=None`` and ignore ``buffers`` / ``train`
 """
 
 from ._core import Model, generator, update_buffers
-from .dense import NYUV2_TASKS, cross_stitch, encoder_decoder, mtan
+from .cross_stitch import cross_stitch
+from .dense import NYUV2_TASKS, encoder_decoder
 from .gnn import QM9_TASKS, qm9_gnn
+from .hps import hps
 from .mlp import mlp_hps
-from .resnet import load_torchvision_weights, resnet, resnet18
+from .mtan import mtan
+from .resnet import load_torchvision_weights, resnet, resnet18, resnet50, resnet_encoder, with_weights
 
 __all__ = [
     "Model",
@@ -34,6 +37,10 @@ __all__ = [
     "resnet",
     "resnet18",
     "load_torchvision_weights",
+    "with_weights",
+    "resnet50",
+    "resnet_encoder",
+    "hps",
     "encoder_decoder",
     "mtan",
     "cross_stitch",
