@@ -20,12 +20,15 @@ Models without BatchNorm have ``buffers=None`` and ignore ``buffers`` / ``train`
 
 from ._core import Model, generator, update_buffers
 from .cross_stitch import cross_stitch
+from .deeplab import aspp_head, deeplab
 from .dense import NYUV2_TASKS, encoder_decoder
 from .gnn import QM9_TASKS, qm9_gnn
 from .hps import hps
 from .mlp import mlp_hps
 from .mtan import mtan
+from .office import office_resnet18
 from .resnet import load_torchvision_weights, resnet, resnet18, resnet50, resnet_encoder, with_weights
+from .segnet import segnet, segnet_encoder
 
 __all__ = [
     "Model",
@@ -41,6 +44,11 @@ __all__ = [
     "resnet50",
     "resnet_encoder",
     "hps",
+    "deeplab",
+    "aspp_head",
+    "office_resnet18",
+    "segnet",
+    "segnet_encoder",
     "encoder_decoder",
     "mtan",
     "cross_stitch",

@@ -194,7 +194,7 @@ class Norm:
     ):
         self.params, self.mode, self.buffers, self.eps, self.key = params, mode, buffers, eps, key
         self.record: dict[Path, Tensor] = {}
-        self.memo: dict[Path, Tensor] = {}
+        self.memo: dict[Path, object] = {}
 
     def dropout(self, path: Path, x: Tensor, p: float) -> Tensor:
         """Inverted dropout with the counter-based mask of each sample (identity without ``key``).

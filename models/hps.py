@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from tensordict import TensorDict
@@ -18,6 +18,7 @@ def hps(
     *,
     encoder: EncoderFactory,
     head: HeadFactory | Mapping[str, HeadFactory],
+    normalize: Sequence[str] = (),
     seed: SeedLike = 0,
     dtype: torch.dtype = torch.float32,
 ) -> Model:
@@ -33,6 +34,7 @@ def hps(
         tasks: ``{name: output channels}`` in task order.
         encoder: an encoder factory (:mod:`fmtl.models.blocks`, :func:`~fmtl.models.resnet_encoder`).
         head: one head factory for every task, or ``{task: factory}``.
+        normalize: tasks whose output is unit-normalized over channels (surface normals).
 
     Example:
         >>> import torch
@@ -51,6 +53,6 @@ def hps(
 
     def forward(params: TensorDict, x: torch.Tensor, norm: Norm) -> dict[str, torch.Tensor]:
         z = run(enc, params["shared"], x, norm, ("shared",))
-        return apply_heads(heads, params, z, norm, tuple(x.shape[-2:]))
+        return apply_heads(heads, params, z, norm, tuple(x.shape[-2:]), normalize=normalize)
 
     return build(forward, params, buffers, (("shared",),))
