@@ -250,14 +250,15 @@ def with_batch_norm(
         buffers: TensorDict | None = None,
         train: bool = True,
         key: Tensor | None = None,
+        **options,
     ) -> dict[str, Tensor]:
         if not train and buffers is None:
             raise ValueError("eval mode (train=False) needs the running statistics: buffers=")
-        return forward(params, x, Norm(params, "train" if train else "eval", buffers, key=key))
+        return forward(params, x, Norm(params, "train" if train else "eval", buffers, key=key), **options)
 
-    def stats(params: TensorDict, x: Tensor, key: Tensor | None = None) -> TensorDict:
+    def stats(params: TensorDict, x: Tensor, key: Tensor | None = None, **options) -> TensorDict:
         norm = Norm(params, "stats", key=key)
-        forward(params, x, norm)
+        forward(params, x, norm, **options)
         out = TensorDict({}, [])
         for k, v in norm.record.items():
             out[k] = v
@@ -288,7 +289,8 @@ def build(
     encoders: tuple[Path, ...] = (),
 ) -> Model:
     """:func:`with_batch_norm` when ``buffers`` has leaves, else a BatchNorm-free :class:`Model`
-    (``buffers=None``) whose forward still gets a :class:`Norm` (for dropout).
+    (``buffers=None``) whose forward still gets a :class:`Norm` (for dropout). Extra keyword
+    arguments of ``apply`` (e.g. LTB's ``tau``) go to ``forward``.
 
     Example:
         >>> import torch
@@ -306,8 +308,9 @@ def build(
         buffers: TensorDict | None = None,
         train: bool = True,
         key: Tensor | None = None,
+        **options,
     ) -> dict[str, Tensor]:
-        return forward(params, x, Norm(params, "train" if train else "eval", key=key))
+        return forward(params, x, Norm(params, "train" if train else "eval", key=key), **options)
 
     return Model(params, apply, None, None, encoders)
 
