@@ -48,7 +48,8 @@ def normalize_imagenet(x: torch.Tensor) -> torch.Tensor:
     """uint8 [..., 3, H, W] → float32 (x/255 − μ)/σ with ImageNet's channel mean and std.
 
     Example:
-        >>> [round(v, 4) for v in normalize_imagenet(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8)).flatten().tolist()]
+        >>> white = torch.full((1, 3, 1, 1), 255, dtype=torch.uint8)
+        >>> [round(v, 4) for v in normalize_imagenet(white).flatten().tolist()]
         [2.2489, 2.4286, 2.64]
     """
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
