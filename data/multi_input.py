@@ -114,8 +114,8 @@ def multi_input_batch_indices(
     streams = {}
     for i, (t, n) in enumerate(sizes.items()):
         task_seed = epoch_seed(epoch_seed(seed, epoch), i)
-        cycles = -(-stop // n)
-        streams[t] = torch.cat([epoch_permutation(n, task_seed, c, shuffle) for c in range(cycles)])[:stop]
+        cycles = [epoch_permutation(n, task_seed, c, shuffle) for c in range(-(-stop // n))]
+        streams[t] = torch.cat(cycles)[:stop] if cycles else torch.zeros(0, dtype=torch.long)
     for k in range(start, k_total):
         yield {t: torch.tensor_split(s[k * batch_size : (k + 1) * batch_size], world_size)[rank]
                for t, s in streams.items()}  # fmt: skip

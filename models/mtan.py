@@ -59,7 +59,8 @@ def mtan(
 
     (1×1 convolutions, middle width c_j / ``reduction``; the first attended stage sees u_1
     only), where f_j is a shared conv-BN-ReLU θ mapping a^t_j to u_{j+1}'s channels and rs
-    max-pools (or interpolates) it to u_{j+1}'s size. Head ψ_t reads a^t_J.
+    max-pools (or interpolates) to p_j's size (u_j too, when a one-block stage strides).
+    Head ψ_t reads a^t_J.
 
     ``params["shared"]`` = ``{"backbone": encoder tree, "f": {j: conv-BN-ReLU}}``,
     ``params["tasks"][t]`` = ``{"att": {j: attention}, "head": head}``.
@@ -135,7 +136,9 @@ def mtan(
             a = None
             for j in range(len(attended)):
                 q, path = params["tasks", t, "att", str(j)], ("tasks", t, "att", str(j))
-                inp = us[j] if a is None else torch.cat([us[j], resize(a, tuple(us[j].shape[-2:]))], dim=1)
+                hw = tuple(ps[j].shape[-2:])  # u_j is larger than p_j when a one-block stage strides
+                u = resize(us[j], hw)
+                inp = u if a is None else torch.cat([u, resize(a, hw)], dim=1)
                 m = torch.relu(norm(path + ("0", "bn"), conv(q["0", "conv"], inp)))
                 m = torch.sigmoid(norm(path + ("1", "bn"), conv(q["1", "conv"], m)))
                 a = m * ps[j]
