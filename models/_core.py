@@ -268,18 +268,8 @@ def with_batch_norm(
 
 
 def no_batch_norm(forward: Callable[[TensorDict, Tensor], dict[str, Tensor]], params: TensorDict) -> Model:
-    """Builds a :class:`Model` whose ``apply`` accepts and ignores ``buffers`` / ``train``."""
-
-    def apply(
-        params: TensorDict,
-        x: Tensor | TensorDict,
-        buffers: TensorDict | None = None,
-        train: bool = True,
-        key: Tensor | None = None,
-    ) -> dict[str, Tensor]:
-        return forward(params, x)
-
-    return Model(params, apply, None, None)
+    """Builds a :class:`Model` whose ``apply`` accepts and ignores ``buffers`` / ``train`` / ``key``."""
+    return build(lambda p, x, norm: forward(p, x), params, td({}))
 
 
 def build(

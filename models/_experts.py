@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 from tensordict import TensorDict
@@ -59,3 +60,26 @@ def feature_sizes(encoder: Encoder, tree: TensorDict, input_shape: Sequence[int]
             h = run_stage(stage, tree, h, norm, ("e",))
             sizes.append(h[0].numel())
     return sizes
+
+
+class SharedAndOwn(NamedTuple):
+    """CGC/PLE experts: the shared ones (θ) and each task's own (ψ_t), with their trees."""
+
+    shared: list[Encoder]
+    shared_params: TensorDict
+    shared_buffers: TensorDict
+    own: dict[str, tuple[list[Encoder], TensorDict, TensorDict]]
+    encoders: tuple[Path, ...]
+
+
+def shared_and_own_experts(
+    g: torch.Generator, encoder: EncoderFactory, tasks: Sequence[str], num_shared: int,
+    num_specific: int | Mapping[str, int], dtype: torch.dtype,
+) -> SharedAndOwn:
+    """``num_shared`` shared experts and ``num_specific`` (per task, or ``{task: n}``) of each task's own."""
+    n_own = dict.fromkeys(tasks, num_specific) if isinstance(num_specific, int) else dict(num_specific)
+    encs, shared, shared_b = experts_init(g, encoder, num_shared, dtype)
+    own = {t: experts_init(g, encoder, n_own[t], dtype) for t in tasks}
+    paths = tuple(("shared", "experts", str(e)) for e in range(num_shared))
+    paths += tuple(("tasks", t, "experts", str(e)) for t in tasks for e in range(n_own[t]))
+    return SharedAndOwn(encs, shared, shared_b, own, paths)

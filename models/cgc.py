@@ -9,7 +9,7 @@ import torch
 from tensordict import TensorDict
 
 from ._core import Model, Norm, SeedLike, build, generator, td
-from ._experts import experts_init, gate, gate_init, mix, run_experts
+from ._experts import gate, gate_init, mix, run_experts, shared_and_own_experts
 from .blocks import EncoderFactory, HeadFactory, apply_heads, heads_for
 
 __all__ = ["cgc"]
@@ -46,19 +46,16 @@ def cgc(
         (torch.Size([3, 2]), ['experts', 'gate', 'head'])
     """
     g = generator(seed)
-    n_own = dict.fromkeys(tasks, num_specific) if isinstance(num_specific, int) else dict(num_specific)
-    encs, shared, shared_b = experts_init(g, encoder, num_shared, dtype)
-    own = {t: experts_init(g, encoder, n_own[t], dtype) for t in tasks}
+    ex = shared_and_own_experts(g, encoder, list(tasks), num_shared, num_specific, dtype)
+    encs, own = ex.shared, ex.own
     heads = heads_for(g, tasks, head, encs[0].channels, dtype)
     n_in = math.prod(input_shape)
-    tp = {t: td({"experts": own[t][1], "gate": gate_init(g, n_in, num_shared + n_own[t], dtype),
+    tp = {t: td({"experts": own[t][1], "gate": gate_init(g, n_in, num_shared + len(own[t][0]), dtype),
                  "head": heads[t].params}) for t in tasks}  # fmt: skip
     tb = {t: td({"experts": own[t][2], "head": heads[t].buffers}) for t in tasks}
-    params = td({"shared": td({"experts": shared}), "tasks": td(tp)})
-    buffers = td({"shared": td({"experts": shared_b}), "tasks": td(tb)})
+    params = td({"shared": td({"experts": ex.shared_params}), "tasks": td(tp)})
+    buffers = td({"shared": td({"experts": ex.shared_buffers}), "tasks": td(tb)})
     names = list(tasks)
-    encoders = tuple(("shared", "experts", str(e)) for e in range(num_shared))
-    encoders += tuple(("tasks", t, "experts", str(e)) for t in names for e in range(n_own[t]))
 
     def forward(params: TensorDict, x: torch.Tensor, norm: Norm) -> dict[str, torch.Tensor]:
         reps = run_experts(encs, params["shared", "experts"], x, norm, ("shared", "experts"))
@@ -68,4 +65,4 @@ def cgc(
             feats[t] = mix(reps + mine, gate(params["tasks", t, "gate"], x))
         return apply_heads(heads, params, feats, norm, tuple(x.shape[-2:]), sub=("head",), normalize=normalize)
 
-    return build(forward, params, buffers, encoders)
+    return build(forward, params, buffers, ex.encoders)

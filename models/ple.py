@@ -8,7 +8,7 @@ import torch
 from tensordict import TensorDict
 
 from ._core import Model, Norm, SeedLike, build, generator, td
-from ._experts import experts_init, feature_sizes, gate, gate_init, mix, run_experts_stage
+from ._experts import feature_sizes, gate, gate_init, mix, run_experts_stage, shared_and_own_experts
 from .blocks import EncoderFactory, HeadFactory, apply_heads, heads_for
 
 __all__ = ["ple"]
@@ -49,22 +49,19 @@ def ple(
         (torch.Size([3, 2]), ['0', '1'])
     """
     g = generator(seed)
-    n_own = dict.fromkeys(tasks, num_specific) if isinstance(num_specific, int) else dict(num_specific)
-    encs, shared, shared_b = experts_init(g, encoder, num_shared, dtype)
-    own = {t: experts_init(g, encoder, n_own[t], dtype) for t in tasks}
-    sizes = feature_sizes(encs[0], shared["0"], input_shape, dtype)
+    ex = shared_and_own_experts(g, encoder, list(tasks), num_shared, num_specific, dtype)
+    encs, own = ex.shared, ex.own
+    sizes = feature_sizes(encs[0], ex.shared_params["0"], input_shape, dtype)
     levels = len(encs[0].stages)
     heads = heads_for(g, tasks, head, encs[0].channels, dtype)
     tp, tb = {}, {}
     for t in tasks:
-        gates = td({str(i): gate_init(g, sizes[i], num_shared + n_own[t], dtype) for i in range(levels)})
+        gates = td({str(i): gate_init(g, sizes[i], num_shared + len(own[t][0]), dtype) for i in range(levels)})
         tp[t] = td({"experts": own[t][1], "gates": gates, "head": heads[t].params})
         tb[t] = td({"experts": own[t][2], "head": heads[t].buffers})
-    params = td({"shared": td({"experts": shared}), "tasks": td(tp)})
-    buffers = td({"shared": td({"experts": shared_b}), "tasks": td(tb)})
+    params = td({"shared": td({"experts": ex.shared_params}), "tasks": td(tp)})
+    buffers = td({"shared": td({"experts": ex.shared_buffers}), "tasks": td(tb)})
     names = list(tasks)
-    encoders = tuple(("shared", "experts", str(e)) for e in range(num_shared))
-    encoders += tuple(("tasks", t, "experts", str(e)) for t in names for e in range(n_own[t]))
 
     def forward(params: TensorDict, x: torch.Tensor, norm: Norm) -> dict[str, torch.Tensor]:
         reps = dict.fromkeys(names, x)
@@ -77,4 +74,4 @@ def ple(
                 reps[t] = mix(outs, gate(params["tasks", t, "gates", str(i)], r))
         return apply_heads(heads, params, reps, norm, tuple(x.shape[-2:]), sub=("head",), normalize=normalize)
 
-    return build(forward, params, buffers, encoders)
+    return build(forward, params, buffers, ex.encoders)
