@@ -195,8 +195,8 @@ def make_multi_input_loss_fn(
     task on that task's inputs and only head t's output is used, so BatchNorm normalizes with
     each task's own batch statistics (as LibMTL's per-task forwards) and ∂ℓ_s/∂ψ_t = 0 for
     s ≠ t. The engine treats ``batch`` as opaque: every balancer and task-gradient strategy
-    applies unchanged. Running statistics: call :func:`fmtl.models.update_buffers` once per
-    task's sub-batch (LibMTL's BatchNorm updates them T times per step).
+    applies unchanged. Running statistics: :func:`fmtl.models.update_buffers_per_task` (once
+    per task's sub-batch, as LibMTL's BatchNorm updates them T times per step).
 
     Args:
         apply: the model's pure ``apply(params, x) -> {task: prediction}``.

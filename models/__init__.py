@@ -24,7 +24,7 @@ state inside ``apply``:
 Models without BatchNorm have ``buffers=None`` and ignore ``buffers`` / ``train``.
 """
 
-from ._core import Model, generator, update_buffers
+from ._core import Model, generator, update_buffers, update_buffers_per_task
 from .cgc import cgc
 from .cross_stitch import cross_stitch
 from .deeplab import aspp_head, deeplab
@@ -44,6 +44,7 @@ from .segnet import segnet, segnet_encoder
 __all__ = [
     "Model",
     "update_buffers",
+    "update_buffers_per_task",
     "generator",
     "mlp_hps",
     "qm9_gnn",

@@ -36,7 +36,7 @@ from tensordict import TensorDict
 
 from fmtl.balancers._random import uniform
 
-__all__ = ["Model", "update_buffers", "generator"]
+__all__ = ["Model", "update_buffers", "update_buffers_per_task", "generator"]
 
 Tensor = torch.Tensor
 Path = tuple[str, ...]
@@ -123,6 +123,38 @@ def update_buffers(
     for key, b in s.items(include_nested=True, leaves_only=True):
         new[key] = torch.lerp(buffers[key], b.to(buffers[key].dtype), momentum)
     return new
+
+
+def update_buffers_per_task(
+    model: Model,
+    params: TensorDict,
+    buffers: TensorDict,
+    batch: TensorDict,
+    momentum: float = 0.1,
+    input_key: str = "x",
+    key: str | None = None,
+) -> TensorDict:
+    """Running statistics of a multi-input step: :func:`update_buffers` on each task's sub-batch in turn.
+
+    LibMTL's multi-input forwards run the encoder once per task, so its BatchNorm layers update
+    their running statistics T times per step, in task order; this does the same (pure).
+    ``key``: the sub-batches' key of per-sample dropout seeds.
+
+    Example:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from fmtl.models import resnet
+        >>> m = resnet({"a": 2, "b": 2}, layers=(1,), widths=(3,), stem="cifar", seed=0)
+        >>> batch = TensorDict({t: {"x": torch.randn(2, 3, 4, 4)} for t in ("a", "b")}, [])
+        >>> new = update_buffers_per_task(m, m.params, m.buffers, batch)
+        >>> bool((new["shared", "bn1", "mean"] != 0).all())
+        True
+    """
+    for t in params["tasks"].keys():
+        sub = batch[t]
+        seeds = sub.get(key, None) if key is not None else None
+        buffers = update_buffers(model, params, buffers, sub[input_key], momentum, key=seeds)
+    return buffers
 
 
 # ---------------------------------------------------------------------------- initializers

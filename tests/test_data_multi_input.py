@@ -84,3 +84,16 @@ def test_every_balancer_steps_as_on_the_loop_gradients(method):
         torch.testing.assert_close(out["weights"], info["weights"], rtol=1e-6, atol=1e-8)
         for k in expected.keys(True, True):
             torch.testing.assert_close(params[k], expected[k], rtol=1e-6, atol=1e-8, msg=f"{method} {strategy} {k}")
+
+
+def test_running_statistics_update_once_per_task_sub_batch_like_nn_batchnorm():
+    m = fm.office_resnet18(TASKS, 3, hidden=None, layers=(1,), widths=(3,), stem="cifar", dtype=D)
+    g = torch.Generator().manual_seed(0)
+    sizes = dict(zip(TASKS, (4, 2, 3), strict=True))
+    batch = TensorDict({t: {"x": torch.randn(n, 3, 6, 6, generator=g, dtype=D)} for t, n in sizes.items()}, [])
+    new = fm.update_buffers_per_task(m, m.params, m.buffers, batch, momentum=0.3)
+    bn = torch.nn.BatchNorm2d(3, momentum=0.3).double().train()
+    for t in TASKS:  # LibMTL: one train-mode encoder forward per task, in task order
+        bn(torch.nn.functional.conv2d(batch[t, "x"], m.params["shared", "conv1", "weight"], padding=1))
+    torch.testing.assert_close(new["shared", "bn1", "mean"], bn.running_mean)
+    torch.testing.assert_close(new["shared", "bn1", "var"], bn.running_var)
