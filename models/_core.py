@@ -26,7 +26,6 @@ instead (LibMTL): the masks differ, their distribution does not.
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Callable
 from typing import NamedTuple, Union
 
@@ -205,6 +204,19 @@ def conv(p: TensorDict, x: Tensor, stride: int = 1, padding: int | None = None, 
     return F.conv2d(x, w, p.get("bias", None), stride=stride, padding=pad, dilation=dilation)
 
 
+def _path_id(path: Path) -> int:
+    """A stable 31-bit id of a layer path (FNV-1a; plain Python, so torch.compile folds it).
+
+    Example:
+        >>> _path_id(("shared", "drop")) == _path_id(("shared", "drop")) != _path_id(("tasks", "drop"))
+        True
+    """
+    h = 2166136261
+    for ch in "/".join(path):
+        h = ((h ^ ord(ch)) * 16777619) & 0xFFFFFFFF
+    return h & 0x7FFFFFFF
+
+
 class Norm:
     """The context of one forward pass: BatchNorm ``norm(path, x)`` and ``norm.dropout(path, x, p)``.
 
@@ -246,8 +258,7 @@ class Norm:
         if self.key.shape != x.shape[:1]:
             raise ValueError(f"dropout key must hold one seed per sample: shape {tuple(self.key.shape)}, "
                              f"batch of {x.shape[0]}")  # fmt: skip
-        layer = torch.tensor(zlib.crc32("/".join(path).encode()) & 0x7FFFFFFF)
-        u = uniform(self.key[:, None], layer, x[0].numel(), dtype=x.dtype)
+        u = uniform(self.key[:, None], _path_id(path), x[0].numel(), dtype=x.dtype)
         keep = (u >= p).to(x.dtype).view(x.shape)
         return x * keep / (1.0 - p)
 
