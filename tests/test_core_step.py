@@ -188,3 +188,18 @@ def test_huge_but_finite_gradients_are_not_called_non_finite():
     new, _, info = step(params, step.init(params), batch)
     assert bool(info["ok"]) and torch.isinf(info["grad_norms"]).all()
     assert all(torch.isfinite(v).all() for v in new.values(True, True))
+
+
+@pytest.mark.parametrize("method", ["dbmtl", "ew"])
+def test_state_of_another_dtype_or_device_is_refused_naming_both(method):
+    params, loss_fn, batch, _ = toy_problem(num_tasks=2, dtype=torch.float32)
+    step = fmtl.make_step(loss_fn, fmtl.balancers.get(method), fmtl.optim.adam(1e-2))
+    state = step.init(params)
+    wide = step.init(params.apply(lambda v: v.double()))
+    with pytest.raises(ValueError, match="state does not match params: state.* torch.float64 on cpu, "
+                                         "step.init\\(params\\) makes .* torch.float32 on cpu"):  # fmt: skip
+        step(params, wide, batch)
+    meta = torch.utils._pytree.tree_map(lambda x: x.to("meta"), state)
+    with pytest.raises(ValueError, match="does not match params: .* on meta, step.init\\(params\\) makes .* on cpu"):
+        step(params, meta, batch)
+    step(params, state, batch)  # the state of these params is accepted
