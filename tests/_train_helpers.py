@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from fmtl.checkpoint import load
+from fmtl.train.checkpoint import load
 
 #: A 3-task synthetic problem small enough that a whole run takes about a second.
 TINY = [
@@ -19,8 +19,8 @@ TINY = [
 
 def tiny_config(**overrides) -> dict:
     """The resolved configuration of :data:`TINY` (for calling ``fmtl.train.train`` directly)."""
-    from fmtl.config import DEFAULTS
-    from fmtl.runs import normalize
+    from fmtl.train.config import DEFAULTS
+    from fmtl.train.runs import normalize
 
     cfg = {**DEFAULTS, "benchmark": "synthetic", "epochs": 2, "batch_size": 16, "lr": 0.01,
            "data": {"n": 96, "n_eval": 32, "num_tasks": 3, "dim": 8}, "model": {"hidden": [16]}}  # fmt: skip

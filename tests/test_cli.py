@@ -9,8 +9,8 @@ import pytest
 from _train_helpers import TINY, results
 
 from fmtl import balancers
-from fmtl.cli import main
-from fmtl.config import load_toml
+from fmtl.train.cli import main
+from fmtl.train.config import load_toml
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -102,7 +102,7 @@ def test_nan_stops_with_the_last_good_checkpoint_intact(tmp_path, capsys):
     assert code == 3
     err = capsys.readouterr().err
     assert "step 2" in err and "non-finite loss" in err and "t0" in err and "intact" in err
-    from fmtl.checkpoint import load
+    from fmtl.train.checkpoint import load
 
     ck = load(tmp_path / "run" / "checkpoint.pt")
     assert ck["position"]["step"] == 1

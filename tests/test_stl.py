@@ -9,8 +9,8 @@ from tensordict import TensorDict
 import fmtl
 from fmtl.losses import make_loss_fn, mse
 from fmtl.models import mlp_hps
-from fmtl.stl import ensemble, member
 from fmtl.train import train
+from fmtl.train.stl import ensemble, member
 
 TASKS = ("a", "b", "c")
 

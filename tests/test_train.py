@@ -14,7 +14,7 @@ import fmtl
 from fmtl.data import load
 from fmtl.losses import make_loss_fn, mse
 from fmtl.models import mlp_hps
-from fmtl.train import Accumulator, _gradient_form, autocast_loss, train
+from fmtl.train.loop import Accumulator, _gradient_form, autocast_loss, train
 
 TASKS = ("t0", "t1", "t2")
 
@@ -116,10 +116,10 @@ def test_unknown_optimizer_and_stl_options_are_rejected(tmp_path):
 
 
 def test_every_training_row_is_used_once_per_epoch_with_micro_batches(tmp_path, monkeypatch):
-    import fmtl.benchmarks
+    import fmtl.train.problems
 
     seen: list[torch.Tensor] = []
-    real_build = fmtl.benchmarks.build
+    real_build = fmtl.train.problems.build
 
     class Recording:
         def __init__(self, ds):
@@ -136,7 +136,7 @@ def test_every_training_row_is_used_once_per_epoch_with_micro_batches(tmp_path, 
         problem = real_build(cfg)
         return problem._replace(splits={**problem.splits, "train": Recording(problem.splits["train"])})
 
-    monkeypatch.setattr(fmtl.benchmarks, "build", build)
+    monkeypatch.setattr(fmtl.train.problems, "build", build)
     # a fixed strategy: "auto" reads one extra batch to time the strategies before training
     res = train(tiny_config(method="ew", epochs=2, batch_size=7, accumulate=3, strategy="jacrev"), tmp_path / "r",
                 quiet=True, plots=False)  # fmt: skip
@@ -152,7 +152,7 @@ def test_auto_strategy_is_decided_once_and_kept_by_the_checkpoint(tmp_path):
     """Strategies agree only up to rounding: a resumed run must reuse the first run's choice."""
     cfg = tiny_config(method="dbmtl", epochs=1)
     train(cfg, tmp_path / "r", quiet=True, plots=False)
-    chosen = fmtl.checkpoint.load(tmp_path / "r" / "checkpoint.pt")["extra"]["strategy"]
+    chosen = fmtl.train.checkpoint.load(tmp_path / "r" / "checkpoint.pt")["extra"]["strategy"]
     assert chosen in ("jacrev", "vmap_grad", "loop")
 
 

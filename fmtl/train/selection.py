@@ -6,7 +6,7 @@ the one with the best *validation* score and the reported numbers are its *test*
 * MTL methods with an STL reference: maximize validation Δp (Eq. 3) against STL's validation
   metrics.
 * Without a reference (the STL run itself, or ``--stl none``): minimize the validation mean
-  normalized error (:mod:`fmtl.evaluate`), and say so in ``results.json``.
+  normalized error (:mod:`fmtl.train.evaluate`), and say so in ``results.json``.
 * The STL ensemble: each member is an independent model, so each task picks its own best
   epoch by its own validation metric (the single-task baseline at its best).
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .metrics import delta_p, delta_p_tasks
+from ..metrics import delta_p, delta_p_tasks
 
 __all__ = ["directions", "select", "stl_reference", "CRITERIA"]
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from .losses import make_loss_fn, mse
-from .task_gradients import LossFn
+from ..losses import make_loss_fn, mse
+from ..task_gradients import LossFn
 
 __all__ = ["Problem", "names", "resolve", "build", "default_threads"]
 
@@ -57,13 +57,13 @@ class _Spec(NamedTuple):
 
 
 def _load_splits(name: str, data: Mapping[str, Any]) -> dict:
-    from . import data as fdata
+    from .. import data as fdata
 
     return {s: fdata.load(name, s, **data) for s in ("train", "val", "test")}
 
 
 def _mlp_problem(name: str, cfg: Mapping[str, Any], splits: dict, in_dim: int) -> Problem:
-    from .models import mlp_hps
+    from ..models import mlp_hps
 
     train = splits["train"]
     tasks = tuple(train.tasks)
@@ -83,7 +83,7 @@ def _qm9(cfg: Mapping[str, Any]) -> Problem:
     train = splits["train"]
     if data.get("representation", "graph") == "descriptor":
         return _mlp_problem("qm9", cfg, splits, train.num_features)
-    from .models import qm9_gnn
+    from ..models import qm9_gnn
 
     model = qm9_gnn(train.num_node_features, train.num_edge_features, tasks=train.tasks, seed=cfg["seed"],
                     **cfg["model"])  # fmt: skip
@@ -127,7 +127,7 @@ def resolve(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Fills the benchmark's defaults into every unset setting (``None``) and table entry.
 
     Example:
-        >>> from fmtl.config import DEFAULTS
+        >>> from fmtl.train.config import DEFAULTS
         >>> r = resolve({**DEFAULTS, "benchmark": "synthetic", "data": {"n": 64}})
         >>> r["epochs"], r["data"]["n"], r["model"]["hidden"]
         (5, 64, [64, 64])
@@ -147,7 +147,7 @@ def build(cfg: Mapping[str, Any]) -> Problem:
     """Loads the datasets and builds the model and losses of a resolved configuration.
 
     Example:
-        >>> from fmtl.config import DEFAULTS
+        >>> from fmtl.train.config import DEFAULTS
         >>> p = build(resolve({**DEFAULTS, "benchmark": "synthetic", "data": {"n": 32, "n_eval": 8}}))
         >>> p.tasks, len(p.splits["val"])
         (('t0', 't1', 't2', 't3'), 8)

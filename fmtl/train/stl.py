@@ -26,7 +26,7 @@ import torch
 from tensordict import TensorDict
 from torch.func import vmap
 
-from .task_gradients import LossFn
+from ..task_gradients import LossFn
 
 __all__ = ["ensemble", "member", "stack"]
 

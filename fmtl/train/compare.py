@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from . import runs
+from .loop import write_atomic
 from .plots import plot_delta_p
 from .report import aggregate, compare_table
-from .train import write_atomic
 
 __all__ = ["split_opts", "compare"]
 

@@ -22,10 +22,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .benchmarks import resolve
 from .config import DEFAULTS, dumps, load_toml, merge, tomllib
+from .loop import CHECKPOINT, CONFIG, METRICS, RESULTS, train
+from .problems import resolve
 from .selection import stl_reference
-from .train import CHECKPOINT, CONFIG, METRICS, RESULTS, train
 
 __all__ = ["RunDirError", "normalize", "read_config", "prepare", "stl_config", "default_stl_dir", "ensure_stl",
            "run", "OWNED"]  # fmt: skip

@@ -107,13 +107,13 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _valid_methods() -> list[str]:
-    from . import balancers
+    from .. import balancers
 
     return sorted(balancers.names()) + ["stl"]
 
 
 def _check_method(method: str, opts: dict[str, Any]) -> None:
-    from . import balancers
+    from .. import balancers
 
     if method == "stl":
         if opts:
@@ -125,7 +125,7 @@ def _check_method(method: str, opts: dict[str, Any]) -> None:
 
 
 def _check_benchmark(name: str) -> None:
-    from .benchmarks import names
+    from .problems import names
 
     if name not in names():
         raise ValueError(f"unknown benchmark {name!r}; valid benchmarks: {', '.join(names())}")
@@ -157,7 +157,7 @@ def _print_run(results: dict[str, Any], out: Path, reused: bool) -> None:
 def _set_threads(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
     import torch
 
-    from .benchmarks import default_threads
+    from .problems import default_threads
 
     n = args.threads if args.threads else default_threads(cfg)
     if n:
@@ -211,7 +211,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _list() -> int:
-    from .benchmarks import names
+    from .problems import names
 
     print("benchmarks: " + ", ".join(names()))
     print("methods:    " + ", ".join(_valid_methods()))
@@ -227,10 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     import torch
 
-    from .allocator import tune
+    from ..allocator import tune
     from .checkpoint import CheckpointError
+    from .loop import TrainingDiverged
     from .runs import RunDirError
-    from .train import TrainingDiverged
 
     args = build_parser().parse_args(argv)
     tune()  # keep large freed blocks (vectorized backwards page-fault otherwise; FMTL_DEFAULT_MALLOC=1 opts out)

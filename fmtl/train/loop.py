@@ -1,6 +1,6 @@
 """The training loop: a thin, resumable driver around the pure ``make_step``.
 
-One run = one resolved configuration (:mod:`fmtl.config`) trained into one output directory:
+One run = one resolved configuration (:mod:`fmtl.train.config`) trained into one output directory:
 
 * data order: epoch e visits ``fmtl.data.batch_indices(seed, e)``; a checkpoint stores
   ``(epoch, batch, step)`` so a resumed run sees exactly the batches it would have seen;
@@ -10,8 +10,8 @@ One run = one resolved configuration (:mod:`fmtl.config`) trained into one outpu
 * ``accumulate = K`` splits each batch into K micro-batches and sums their *per-task*
   gradients, weighted by size, before the balancer (:class:`Accumulator`), so the balancer —
   DB-MTL's log transform, EMA ĝ_t and norms — sees the full-batch task gradients;
-* every epoch: validation and test metrics (:mod:`fmtl.evaluate`), a checkpoint
-  (:mod:`fmtl.checkpoint`); at the end the epoch selected on validation (:mod:`fmtl.selection`),
+* every epoch: validation and test metrics (:mod:`fmtl.train.evaluate`), a checkpoint
+  (:mod:`fmtl.train.checkpoint`); at the end the epoch selected on validation (:mod:`fmtl.train.selection`),
   ``results.json`` and plots.
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) each rank reads its shard of every global batch, the
@@ -33,14 +33,15 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 
-from . import balancers, benchmarks, checkpoint, optim, stl
-from .base import Balancer, TaskGradients
+from .. import balancers, optim
+from ..base import Balancer, TaskGradients
+from ..data import batch_indices, num_batches
+from ..step import Step, make_step
+from ..task_gradients import LossFn, task_gradients
+from . import checkpoint, problems, stl
 from .config import dumps
-from .data import batch_indices, num_batches
 from .evaluate import evaluate
 from .selection import directions, select
-from .step import Step, make_step
-from .task_gradients import LossFn, task_gradients
 
 __all__ = ["TrainingDiverged", "Accumulator", "make_optimizer", "autocast_loss", "train", "OPTIMIZERS"]
 
@@ -155,7 +156,7 @@ def _distributed() -> tuple[int, int, Callable | None]:
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and not (dist.is_available() and dist.is_initialized()):
         return 0, 1, None
-    from . import distributed
+    from .. import distributed
 
     ctx = distributed.setup()
     if ctx.world_size <= 1:
@@ -255,7 +256,7 @@ def _short(tasks: tuple[str, ...], values: list[float]) -> str:
     return " ".join(f"{t}={v:.3g}" for t, v in zip(tasks, values, strict=True))
 
 
-def _assemble(cfg: Mapping[str, Any], problem: benchmarks.Problem, dist_reduce: Callable | None, strategy: str):
+def _assemble(cfg: Mapping[str, Any], problem: problems.Problem, dist_reduce: Callable | None, strategy: str):
     """(initial params, predict, step, accumulator, loss_fn) of a run: the model (or the STL
     ensemble), the balancer, the optimizer, bf16 autocast and gradient accumulation composed into
     ``make_step`` with the task-gradient ``strategy``."""
@@ -300,7 +301,7 @@ def _resolve_strategy(loss_fn: LossFn, params: TensorDict, batch: Any, chunk_siz
     Strategies agree only up to rounding, so a run (and its resume, and every rank) must use one
     and the same: the choice is made here, saved in the checkpoint and reused on resume.
     """
-    from .strategy import choose_strategy
+    from ..strategy import choose_strategy
 
     rng = torch.get_rng_state()
     choice = [choose_strategy(loss_fn, params, batch, chunk_size=chunk_size)]
@@ -326,8 +327,8 @@ def train(
     """Trains one run into ``out`` and returns its results (also written to ``results.json``).
 
     Args:
-        cfg: a resolved configuration (``fmtl.benchmarks.resolve``).
-        out: output directory (created; its contents are managed by :mod:`fmtl.runs`).
+        cfg: a resolved configuration (``fmtl.train.problems.resolve``).
+        out: output directory (created; its contents are managed by :mod:`fmtl.train.runs`).
         resume: continue from ``out/checkpoint.pt`` (bitwise equal to an uninterrupted run).
         stl_reference: STL's ``{"val", "test"}`` metrics for Δp and model selection.
         stl_dir: where the reference came from (recorded in the results).
@@ -337,14 +338,14 @@ def train(
 
     Raises:
         TrainingDiverged: a non-finite loss or gradient (names the tasks and the step).
-        fmtl.checkpoint.CheckpointError: ``resume`` with an unusable checkpoint.
+        fmtl.train.checkpoint.CheckpointError: ``resume`` with an unusable checkpoint.
     """
     out = Path(out)
     rank, world, dist_reduce = _distributed()
     main = rank == 0
     if main:
         out.mkdir(parents=True, exist_ok=True)
-    problem = benchmarks.build(cfg)
+    problem = problems.build(cfg)
     tasks, method = problem.tasks, cfg["method"]
     hib = directions(problem.task_info)
     K = int(cfg["accumulate"])
@@ -356,7 +357,7 @@ def train(
     drop_last = _check_shards(len(train_ds), B, world, main)
     steps_per_epoch = num_batches(len(train_ds), B, drop_last=drop_last)
     if world > 1:
-        from . import distributed
+        from .. import distributed
 
         params = distributed.broadcast(params)  # every rank starts from rank 0's θ, ψ_t
     history: list[dict] = []
@@ -404,7 +405,7 @@ def train(
             test = evaluate(lambda b: predict(params, b), problem.splits["test"], tasks, bs)
         rec = {"epoch": epoch, "step": position["step"], "val": val, "test": test}
         if stl_reference is not None and method != "stl":
-            from .metrics import delta_p
+            from ..metrics import delta_p
 
             rec["val_delta_p"] = delta_p(val["metrics"], stl_reference["val"], hib)
             rec["test_delta_p"] = delta_p(test["metrics"], stl_reference["test"], hib)
