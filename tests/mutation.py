@@ -47,6 +47,7 @@ TREE = ("tests/test_balancers.py", "tests/test_core_step.py", "tests/test_balanc
 SOLVERS = ("tests/test_balancers_values.py", "tests/test_balancers.py")
 STEP = ("tests/test_core_step.py", "tests/test_core_guard.py")
 STRATEGIES = ("tests/test_strategies.py", "tests/test_core_step.py")
+CHECKPOINT = ("tests/test_checkpoint.py", "-k", "not sigkill")  # the SIGKILL test alone takes a minute
 
 MUTANTS: list[Mutant] = [
     # DB-MTL (Algorithm 1)
@@ -132,6 +133,23 @@ MUTANTS: list[Mutant] = [
     Mutant("checksum_first_element_only", "fmtl/checksum.py",
            "h.update(t.reshape(-1).view(torch.uint8).numpy())",
            "h.update(t.reshape(-1)[:1].view(torch.uint8).numpy())", ("tests/test_data_cache.py",)),
+    Mutant("cache_checksum_not_verified", "data/cache.py",
+           "if not torch.equal(_digest(data), stored):", "if False:", ("tests/test_data_cache.py",)),
+    # checkpoints: every bad file a CheckpointError, checksum verified, fields validated
+    Mutant("checkpoint_checksum_not_verified", "fmtl/train/checkpoint.py",
+           'if payload["checksum"] != actual:', "if False:", CHECKPOINT),
+    Mutant("checkpoint_catches_few_errors", "fmtl/train/checkpoint.py",
+           "except Exception as e:  # noqa: BLE001 - the unpickler raises",
+           "except (RuntimeError, EOFError, OSError, ValueError) as e:  # noqa: BLE001 - the unpickler raises",
+           CHECKPOINT),
+    Mutant("checkpoint_negative_counts", "fmtl/train/checkpoint.py",
+           "return type(v) is int and v >= 0", "return type(v) is int", CHECKPOINT),
+    Mutant("checkpoint_rng_unchecked", "fmtl/train/checkpoint.py",
+           "torch.Generator().set_state(v)", "pass", CHECKPOINT),
+    Mutant("checkpoint_version_message", "fmtl/train/checkpoint.py",
+           'f"{path} has checkpoint version {version!r};', 'f"{path} has checkpoint version {version};', CHECKPOINT),
+    Mutant("stale_temps_kept", "fmtl/train/runs.py",
+           "remove_stale_temps(out)  # left by a killed run", "pass  # left by a killed run", CHECKPOINT),
 ]  # fmt: skip
 
 
@@ -213,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         copy_tree(tree)
         check_imports(tree)
         if not args.no_baseline:
-            tests = tuple(sorted({t for m in chosen for t in m.tests}))
+            tests = tuple(sorted({t for m in chosen for t in m.tests if t.endswith(".py")}))  # a superset
             status, detail = run_tests(tree, tests, args.timeout * 2)
             if status != "passed":
                 sys.exit(f"mutation: the unmutated tests do not pass ({detail}); fix them first")
