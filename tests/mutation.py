@@ -108,7 +108,7 @@ MUTANTS: list[Mutant] = [
     Mutant("upgrad_bound_relaxed", "fmtl/balancers/_solvers.py",
            "feasible = (v >= u[:, None, :] - _FEASIBLE", "feasible = (v >= 0 * u[:, None, :] - _FEASIBLE", SOLVERS),
     # the optimizers
-    Mutant("adam_bias_correction", "fmtl/optim.py", "step_size = rate / (1 - b1**k)", "step_size = rate / (1 - b1)",
+    Mutant("adam_bias_correction", "fmtl/optim.py", "step_size = rate / (1 - b1**k)", "step_size = rate / (1 - b2**k)",
            ("tests/test_core_optim.py",)),
     Mutant("adam_weight_decay_sign", "fmtl/optim.py",
            "g + p.to(g.dtype) * weight_decay, params)", "g - p.to(g.dtype) * weight_decay, params)",
