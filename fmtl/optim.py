@@ -35,7 +35,7 @@ class SGDState(NamedTuple):
 
 
 class AdamState(NamedTuple):
-    """Step count (0-d int64) and the first and second moment estimates."""
+    """Step count (0-d int64) and the first and second moment estimates (at least float32)."""
 
     count: torch.Tensor
     mu: TensorDict
@@ -83,26 +83,35 @@ def sgd(lr: LearningRate, momentum: float = 0.0, weight_decay: float = 0.0) -> O
     return Optimizer(init, update)
 
 
+def _moment_dtype(dtype: torch.dtype) -> torch.dtype:
+    # In float16, ε = 1e-8 is 0 and (1-β₂)g² underflows for |g| < 7.7e-3: zero or small
+    # gradients gave 0/0 or m/0. The moments and the update are computed in float32 instead
+    # and the update is rounded to the parameters' dtype (bfloat16 alike, for its 8-bit mantissa).
+    return torch.promote_types(dtype, torch.float32) if dtype.is_floating_point else dtype
+
+
 def _adam(lr, betas, eps, weight_decay, decoupled: bool) -> Optimizer:
     b1, b2 = betas
 
     def init(params: TensorDict) -> AdamState:
-        zeros = params.apply(torch.zeros_like)
+        zeros = params.apply(lambda p: torch.zeros(p.shape, dtype=_moment_dtype(p.dtype), device=p.device))
         return AdamState(_count(params), zeros, zeros.clone())
 
     def update(grads: TensorDict, state: AdamState, params: TensorDict):
         count = state.count + 1
         rate = _lr(lr, count)
+        grads = grads.apply(lambda g, m: g.to(m.dtype), state.mu)  # no copy unless float16/bfloat16
         if weight_decay and not decoupled:
-            grads = grads.apply(lambda g, p: g + p * weight_decay, params)
+            grads = grads.apply(lambda g, p: g + p.to(g.dtype) * weight_decay, params)
         mu = state.mu.apply(lambda m, g: m.lerp(g, 1 - b1), grads)
         nu = state.nu.apply(lambda v, g: v * b2 + g * g * (1 - b2), grads)
         k = count.to(torch.float64)
         bc2_sqrt = (1 - b2**k).sqrt()
         step_size = rate / (1 - b1**k)
         updates = mu.apply(
-            lambda m, v: (m / (v.sqrt() / bc2_sqrt.to(v.dtype) + eps)) * (-step_size).to(v.dtype),
+            lambda m, v, p: ((m / (v.sqrt() / bc2_sqrt.to(v.dtype) + eps)) * (-step_size).to(v.dtype)).to(p.dtype),
             nu,
+            params,
         )
         if weight_decay and decoupled:
             updates = updates.apply(lambda u, p: u - p * (rate * weight_decay), params)
@@ -118,6 +127,10 @@ def adam(
     weight_decay: float = 0.0,
 ) -> Optimizer:
     """Adam with L2 weight decay added to the gradient, as ``torch.optim.Adam``.
+
+    Deviation: for float16 and bfloat16 parameters the moments are kept, and the update
+    computed, in float32, then rounded to the parameters' dtype (``torch.optim.Adam`` keeps
+    float16 moments, where ε = 1e-8 is 0 and a zero gradient gives NaN).
 
     .. math::
         m_k = \\beta_1 m_{k-1} + (1-\\beta_1) g_k,\\quad v_k = \\beta_2 v_{k-1} + (1-\\beta_2) g_k^2,

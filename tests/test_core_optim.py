@@ -90,3 +90,33 @@ def test_optimizer_update_is_pure():
     opt.update(grads, state, params)
     assert torch.equal(params["w"], before[0]["w"]) and torch.equal(state.mu["w"], before[1]["w"])
     assert torch.equal(state.nu["w"], before[2]["w"]) and state.count.item() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_is_finite_and_exact_in_every_float_dtype(name, dtype):
+    """ε = 1e-8 is 0 in float16: zero or small gradients gave 0/0 and m/0 on every step."""
+    opt, ref = (getattr(fmtl.optim, name)(1e-3, weight_decay=0.1) for _ in range(2))
+    g = torch.tensor([0.0, -1e-6, 1e-4, -5e-3, 1.0, -100.0], dtype=dtype)
+    params = TensorDict({"w": torch.ones(6, dtype=dtype)}, [])
+    state = opt.init(params)
+    ref_state = ref.init(params.apply(lambda v: v.double()))
+    assert state.mu["w"].dtype == state.nu["w"].dtype == torch.promote_types(dtype, torch.float32)
+    for _ in range(5):
+        updates, state = opt.update(TensorDict({"w": g}, []), state, params)
+        want, ref_state = ref.update(TensorDict({"w": g.double()}, []), ref_state, params.apply(lambda v: v.double()))
+        u = updates["w"]
+        assert u.dtype == dtype and torch.isfinite(u).all(), u
+        torch.testing.assert_close(u, want["w"].to(dtype), rtol=4 * torch.finfo(dtype).eps, atol=0)
+        params = params + updates
+
+
+def test_float16_training_steps_are_finite():
+    from _toy import toy_problem
+
+    params, loss_fn, batch, _ = toy_problem(num_tasks=2, dtype=torch.float16)
+    step = fmtl.make_step(loss_fn, fmtl.balancers.dbmtl(), fmtl.optim.adam(1e-3), strategy="jacrev")
+    state = step.init(params)
+    for _ in range(3):
+        params, state, info = step(params, state, batch)
+        assert bool(info["ok"]) and all(v.dtype == torch.float16 for v in params.values(True, True))

@@ -14,14 +14,20 @@ weights_only=True)`` can read it and no code is ever unpickled):
 
 Writes go to a temporary file in the same directory, are fsync'ed, then ``os.replace``-d over
 the old checkpoint: a process killed at any moment leaves either the old or the new file.
+
+Integrity: ``checksum`` holds the SHA-256 of everything else (:func:`fmtl.checksum.checksum`:
+tensors by their bytes, the rest by value), because ``torch.load`` does not check its records'
+CRC. :func:`load` turns every way a file can be unusable into a :class:`CheckpointError` with a
+one-line message — unreadable bytes of any kind, a foreign file, another version (version 1 had
+no checksum), a checksum mismatch, or any field of the wrong type or range (validated before
+the caller changes anything) — so a run refuses it (exit 4) with every file left as it was.
 """
 
 from __future__ import annotations
 
+import math
 import os
-import pickle
 import tempfile
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,10 +36,14 @@ import torch
 from tensordict import TensorDict
 from torch.utils import _pytree as pytree
 
+from ..checksum import checksum
+
 __all__ = ["FORMAT", "VERSION", "CheckpointError", "save", "load", "restore"]
 
 FORMAT = "fmtl-checkpoint"
-VERSION = 1
+VERSION = 2
+_FIELDS = ("params", "state", "position", "rng", "config", "history", "extra")
+_POSITION = ("epoch", "batch", "step")
 
 
 class CheckpointError(RuntimeError):
@@ -42,6 +52,64 @@ class CheckpointError(RuntimeError):
 
 def _flat(params: TensorDict) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in params.flatten_keys(".").items()}
+
+
+def _count(v: Any) -> bool:
+    return type(v) is int and v >= 0
+
+
+def _number(v: Any) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+def _rng_ok(v: Any) -> bool:
+    if not (isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and v.dim() == 1):
+        return False
+    try:  # a fresh generator: the global RNG is not touched
+        torch.Generator().set_state(v)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
+
+
+def _str_keys(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) for k in v)
+
+
+# The bookkeeping the training loop keeps in ``extra``: each known entry's check and its rule.
+_EXTRA = {
+    "wall_s": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "epoch_steps": (_count, "an int >= 0"),
+    "metrics_bytes": (_count, "an int >= 0"),
+    "epoch_loss_sum": (lambda v: isinstance(v, list) and all(type(x) in (int, float) for x in v), "a list of numbers"),
+    "strategy": (lambda v: isinstance(v, str), "a str"),
+}
+
+
+def _problems(payload: Mapping[str, Any]) -> str | None:
+    """The first field of a checkpoint payload that is malformed, in words (None: all are fine)."""
+    params, state, position = payload["params"], payload["state"], payload["position"]
+    if not _str_keys(params) or not params or not all(isinstance(v, torch.Tensor) for v in params.values()):
+        return "'params' must be a non-empty dict of named tensors"
+    if not isinstance(state, list) or not all(isinstance(v, torch.Tensor) for v in state):
+        return "'state' must be a list of tensors"
+    if not _str_keys(position) or sorted(position) != sorted(_POSITION):
+        got = sorted(position) if _str_keys(position) else type(position).__name__
+        return f"'position' must have exactly the keys {list(_POSITION)}; it has {got}"
+    for k in _POSITION:
+        if not _count(position[k]):
+            return f"position[{k!r}] is {position[k]!r}; it must be an int >= 0"
+    if not _rng_ok(payload["rng"]):
+        return "'rng' is not a state of torch's CPU generator"
+    for name in ("config", "extra"):
+        if not _str_keys(payload[name]):
+            return f"{name!r} must be a dict with str keys; it is a {type(payload[name]).__name__}"
+    if not isinstance(payload["history"], list) or not all(_str_keys(h) for h in payload["history"]):
+        return "'history' must be a list of dicts"
+    for k, (ok, rule) in _EXTRA.items():
+        if k in payload["extra"] and not ok(payload["extra"][k]):
+            return f"extra[{k!r}] is {payload['extra'][k]!r}; it must be {rule}"
+    return None
 
 
 def save(
@@ -78,6 +146,10 @@ def save(
         "history": list(history),
         "extra": dict(extra or {}),
     }
+    problem = _problems(payload)
+    if problem is not None:  # never write what load would refuse
+        raise ValueError(f"refusing to write checkpoint {path}: {problem}")
+    payload["checksum"] = checksum(payload)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -99,7 +171,12 @@ def save(
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Reads a checkpoint with ``weights_only=True``; raises :class:`CheckpointError` if unusable.
+    """Reads and verifies a checkpoint (``weights_only=True``); raises :class:`CheckpointError` if unusable.
+
+    Every failure is a :class:`CheckpointError` with a one-line message: a missing or
+    unreadable file (whatever ``torch.load`` raises on arbitrary bytes), a foreign file,
+    another version, a checksum mismatch (a changed byte anywhere, tensor data included), or a
+    malformed field. The returned dict is the payload without its checksum.
 
     Example:
         >>> import tempfile
@@ -115,19 +192,33 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+    except Exception as e:  # noqa: BLE001 - the unpickler raises anything (IndexError, KeyError, ...) on bad bytes
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise CheckpointError(
-            f"{path} is not a readable checkpoint (corrupt or truncated file, or not written by fmtl): "
-            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            f"{path} is not a readable checkpoint (corrupt or truncated file, or not written by fmtl): {detail}"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an fmtl checkpoint (no {FORMAT!r} marker): a foreign file")
-    if payload.get("version") != VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {payload.get('version')}; this fmtl reads {VERSION}")
-    missing = {"params", "state", "position", "rng", "config", "history"} - set(payload)
+    version = payload.get("version")
+    if type(version) is not int or version != VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint version {version!r}; this fmtl reads version {VERSION} only (start over "
+            "with --overwrite)"
+        )
+    missing = [k for k in (*_FIELDS, "checksum") if k not in payload]
     if missing:
-        raise CheckpointError(f"{path} is incomplete: missing {sorted(missing)}")
-    return payload
+        raise CheckpointError(f"{path} is incomplete: missing {missing}")
+    body = {k: v for k, v in payload.items() if k != "checksum"}
+    try:
+        actual = checksum(body)
+    except Exception as e:  # noqa: BLE001 - values fmtl never writes (bytes, sets, sparse tensors, ...)
+        raise CheckpointError(f"{path} holds data an fmtl checkpoint never has ({type(e).__name__})") from None
+    if payload["checksum"] != actual:
+        raise CheckpointError(f"{path} is corrupt: its content does not match its checksum (a changed byte)")
+    problem = _problems(body)
+    if problem is not None:
+        raise CheckpointError(f"{path} is malformed: {problem}")
+    return body
 
 
 def restore(payload: Mapping[str, Any], params: TensorDict, state: Any) -> tuple[TensorDict, Any]:
@@ -160,6 +251,9 @@ def restore(payload: Mapping[str, Any], params: TensorDict, state: Any) -> tuple
                 f"checkpoint parameter {k!r} is {tuple(got[k].shape)} {got[k].dtype}, the model's is "
                 f"{tuple(v.shape)} {v.dtype}"
             )
+    sums, T = payload.get("extra", {}).get("epoch_loss_sum"), len(params["tasks"].keys())
+    if sums is not None and len(sums) != T:
+        raise CheckpointError(f"checkpoint extra['epoch_loss_sum'] has {len(sums)} entries; this model has {T} tasks")
     new_params = params.clone()
     for k, v in got.items():
         new_params[tuple(k.split("."))] = v

@@ -28,7 +28,7 @@ from .problems import resolve
 from .selection import stl_reference
 
 __all__ = ["RunDirError", "normalize", "read_config", "prepare", "stl_config", "default_stl_dir", "ensure_stl",
-           "run", "OWNED"]  # fmt: skip
+           "run", "OWNED", "remove_stale_temps"]  # fmt: skip
 
 #: What ``--overwrite`` deletes: fmtl's own files only.
 OWNED = (CONFIG, METRICS, RESULTS, CHECKPOINT, "plots", "tensorboard")
@@ -56,6 +56,29 @@ def read_config(out: str | Path) -> dict[str, Any]:
     return normalize(load_toml(path))
 
 
+def remove_stale_temps(out: str | Path) -> list[str]:
+    """Deletes the temporary files a killed run leaves in ``out`` (``.checkpoint.pt.*.tmp``, ``.config.toml.tmp``, …).
+
+    A write goes to such a file, then is renamed over its target; one that is still there
+    when a run starts was never renamed: the process that wrote it died. Returns their names.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = (d / ".checkpoint.pt.x1y2.tmp").write_bytes(b"half")
+        >>> remove_stale_temps(d), list(d.iterdir())
+        (['.checkpoint.pt.x1y2.tmp'], [])
+    """
+    out = Path(out)
+    stale = [*out.glob(f".{CHECKPOINT}.*.tmp"), *(out / f".{n}.tmp" for n in (CONFIG, METRICS, RESULTS))]
+    removed = []
+    for tmp in stale:
+        if tmp.is_file():
+            tmp.unlink()
+            removed.append(tmp.name)
+    return removed
+
+
 def _clean(out: Path) -> None:
     for name in OWNED:
         p = out / name
@@ -63,8 +86,7 @@ def _clean(out: Path) -> None:
             shutil.rmtree(p)
         elif p.exists():
             p.unlink()
-    for tmp in out.glob(f".{CHECKPOINT}.*.tmp"):
-        tmp.unlink()
+    remove_stale_temps(out)
 
 
 def prepare(out: str | Path, cfg: Mapping[str, Any], *, resume: bool = False, overwrite: bool = False) -> str:
@@ -82,6 +104,8 @@ def prepare(out: str | Path, cfg: Mapping[str, Any], *, resume: bool = False, ov
     out = Path(out)
     if overwrite and out.exists():
         _clean(out)
+    elif out.is_dir():
+        remove_stale_temps(out)  # left by a killed run (safe while one process writes a directory)
     if not (out / CONFIG).exists():
         leftovers = [n for n in (CHECKPOINT, METRICS, RESULTS) if (out / n).exists()]
         if leftovers:
