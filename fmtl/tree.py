@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from tensordict import TensorDict
 
-__all__ = ["leaves", "row_sq_norms", "row_norms", "gramian", "combine", "scale_rows", "rows_dot"]
+__all__ = ["leaves", "with_leaves", "row_sq_norms", "row_norms", "gramian", "combine", "scale_rows", "rows_dot"]
 
 
 def leaves(td: TensorDict) -> list[torch.Tensor]:
@@ -22,6 +22,21 @@ def leaves(td: TensorDict) -> list[torch.Tensor]:
         [tensor([0., 0.]), tensor([1.])]
     """
     return list(td.values(include_nested=True, leaves_only=True))
+
+
+def with_leaves(like: TensorDict, values: list[torch.Tensor]) -> TensorDict:
+    """A TensorDict shaped like ``like`` holding ``values`` in :func:`leaves` order (compiles).
+
+    The inverse of :func:`leaves`: multi-tensor kernels (``torch._foreach_*``) work on the leaf
+    lists, and this puts their outputs back into the tree.
+
+    Example:
+        >>> td = TensorDict({"a": torch.zeros(2), "b": {"c": torch.ones(1)}}, [])
+        >>> with_leaves(td, [torch.tensor([1.0, 2.0]), torch.tensor([3.0])])["b", "c"]
+        tensor([3.])
+    """
+    it = iter(values)
+    return like.apply(lambda _: next(it))
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
