@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import runs
+from .config import nest_opts
 from .loop import write_atomic
 from .plots import plot_delta_p
 from .report import aggregate, compare_table
@@ -22,24 +23,27 @@ __all__ = ["split_opts", "compare"]
 
 
 def split_opts(opts: Mapping[str, Any], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Per-method hyperparameters: ``method.key`` applies to one method, ``key`` to all.
+    """Per-method hyperparameters: ``method.key`` (or a ``[opts.method]`` table) applies to one method,
+    ``key`` to all; the per-method value wins.
 
     Example:
         >>> split_opts({"dbmtl.beta": 0.5, "eps": 1e-6}, ["ew", "dbmtl"])
         {'ew': {'eps': 1e-06}, 'dbmtl': {'eps': 1e-06, 'beta': 0.5}}
+        >>> split_opts({"dbmtl": {"beta": 0.5}}, ["dbmtl"])  # the form config.toml holds
+        {'dbmtl': {'beta': 0.5}}
+        >>> split_opts({"pcgrad.seed": 1}, ["ew", "dbmtl"])
+        Traceback (most recent call last):
+        ...
+        ValueError: --opt pcgrad.*: 'pcgrad' is not one of the methods being run (ew, dbmtl)
     """
-    out: dict[str, dict[str, Any]] = {m: {} for m in methods}
-    for key, v in opts.items():
-        prefix, dot, rest = key.partition(".")
-        if dot and prefix in out:
-            continue
-        for m in methods:
-            out[m][key] = v
-    for key, v in opts.items():
-        prefix, dot, rest = key.partition(".")
-        if dot and prefix in out:
-            out[prefix][rest] = v
-    return out
+    nested = nest_opts(opts)
+    shared = {k: v for k, v in nested.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in nested.items() if isinstance(v, dict)}
+    unknown = [m for m in tables if m not in methods]
+    if unknown:
+        raise ValueError(f"--opt {unknown[0]}.*: {unknown[0]!r} is not one of the methods being run "
+                         f"({', '.join(methods)})")  # fmt: skip
+    return {m: {**shared, **tables.get(m, {})} for m in methods}
 
 
 def compare(
