@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-__all__ = ["Schedule", "constant", "cosine", "step_decay", "warmup", "value"]
+__all__ = ["Schedule", "SCHEDULES", "constant", "cosine", "step_decay", "warmup", "value", "get"]
 
 Schedule = Callable[[torch.Tensor], torch.Tensor]
+
+#: The schedules :func:`get` builds by name.
+SCHEDULES = ("constant", "cosine", "step", "warmup")
 
 
 def _k(k: torch.Tensor | float) -> torch.Tensor:
@@ -115,3 +119,45 @@ def value(lr: Schedule | float | torch.Tensor, k: int | torch.Tensor) -> float:
         (0.010000000000000002, 0.01)
     """
     return float(lr(_k(k)) if callable(lr) else lr)
+
+
+def get(name: str, lr: float, steps: int, **options: Any) -> Schedule:
+    """The schedule called ``name`` (one of :data:`SCHEDULES`) for a run of ``steps`` updates.
+
+    Options (all optional): ``cosine`` — ``final`` (0); ``step`` — ``every`` (steps // 3),
+    ``gamma`` (0.1); ``warmup`` — ``warmup_steps`` (5 % of the run, at least 1), ``start`` (1/3),
+    ``then`` (``"cosine"`` over the remaining updates, or ``"constant"``), ``final`` (0).
+
+    Example:
+        >>> s = get("warmup", 0.1, 100, warmup_steps=10, then="constant")
+        >>> round(value(s, 1), 4), value(s, 11), value(s, 100)
+        (0.0333, 0.1, 0.1)
+        >>> get("cosine", 0.1, 100, gamma=0.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: schedule 'cosine' has no option(s) ['gamma']; valid: ['final']
+        >>> get("linear", 0.1, 100)
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown schedule 'linear'; valid: constant, cosine, step, warmup
+    """
+    valid = {"constant": (), "cosine": ("final",), "step": ("every", "gamma"),
+             "warmup": ("warmup_steps", "start", "then", "final")}  # fmt: skip
+    if name not in valid:
+        raise ValueError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULES)}")
+    unknown = sorted(set(options) - set(valid[name]))
+    if unknown:
+        raise ValueError(f"schedule {name!r} has no option(s) {unknown}; valid: {list(valid[name])}")
+    steps = max(int(steps), 1)
+    if name == "constant":
+        return constant(lr)
+    if name == "cosine":
+        return cosine(lr, steps, final=float(options.get("final", 0.0)))
+    if name == "step":
+        return step_decay(lr, int(options.get("every", max(steps // 3, 1))), float(options.get("gamma", 0.1)))
+    w = int(options.get("warmup_steps", max(steps // 20, 1)))
+    then = options.get("then", "cosine")
+    if then not in ("cosine", "constant"):
+        raise ValueError(f"schedule 'warmup' takes then='cosine' or 'constant'; got {then!r}")
+    after = cosine(lr, max(steps - w, 1), float(options.get("final", 0.0))) if then == "cosine" else constant(lr)
+    return warmup(after, w, start=float(options.get("start", 1 / 3)))

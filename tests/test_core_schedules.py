@@ -238,3 +238,23 @@ def test_a_compiled_step_does_not_recompile_as_the_schedule_and_the_plateau_move
     assert get_lr_scale(state) == pytest.approx(0.1)
     for a, b in zip(params.values(True, True), p_eager.values(True, True), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, options, direct", [
+    ("constant", {}, S.constant(0.1)),
+    ("cosine", {"final": 0.01}, S.cosine(0.1, 30, 0.01)),
+    ("step", {}, S.step_decay(0.1, 10, 0.1)),
+    ("step", {"every": 4, "gamma": 0.5}, S.step_decay(0.1, 4, 0.5)),
+    ("warmup", {}, S.warmup(S.cosine(0.1, 29), 1)),
+    ("warmup", {"warmup_steps": 5, "then": "constant", "start": 0.0}, S.warmup(S.constant(0.1), 5, 0.0)),
+])  # fmt: skip
+def test_schedules_by_name_are_the_schedules(name, options, direct):
+    s = S.get(name, 0.1, 30, **options)
+    assert [S.value(s, k) for k in range(1, 40)] == pytest.approx([S.value(direct, k) for k in range(1, 40)])
+
+
+def test_schedule_names_and_options_are_checked():
+    with pytest.raises(ValueError, match="valid: constant, cosine, step, warmup"):
+        S.get("plateau", 0.1, 10)
+    with pytest.raises(ValueError, match="then='cosine' or 'constant'"):
+        S.get("warmup", 0.1, 10, then="step")

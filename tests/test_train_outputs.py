@@ -245,3 +245,19 @@ def test_tensorboard_log_names_the_extra_when_the_package_is_missing(monkeypatch
     monkeypatch.setattr(builtins, "__import__", no_tb)
     with pytest.raises(ModuleNotFoundError, match=r'pip install "fmtl\[tb\]"'):
         TensorBoardLog(tmp_path, ["a"])
+
+
+def test_a_comparison_with_variants_writes_one_table(tmp_path, capsys):
+    from fmtl.train.compare import compare
+    from fmtl.train.config import load_toml
+
+    base = tiny_config(epochs=1)
+    res = compare(base, ["ew"], 1, tmp_path / "cmp", variants=[parse_variant("b05=dbmtl:beta=0.5")])
+    printed = capsys.readouterr().out
+    assert "run 1 of 3: stl seed 0" in printed and "run 3 of 3: b05 seed 0" in printed
+    md = (tmp_path / "cmp" / "table.md").read_text()
+    assert [c[0] for c in _cells(md.split("\n\n", 1)[1])] == ["stl", "ew", "b05"]
+    assert load_toml(tmp_path / "cmp" / "b05" / "seed0" / "config.toml")["opts"] == {"beta": 0.5}
+    assert load_toml(tmp_path / "cmp" / "b05" / "seed0" / "config.toml")["method"] == "dbmtl"
+    assert (tmp_path / "cmp" / "table.tex").read_text().count(r" \\") == 4  # header + 3 rows
+    assert list(res["rows"]) == ["stl", "ew", "b05"]
