@@ -29,9 +29,7 @@ median and minimum (the machine is shared: the minimum is the less disturbed est
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -82,20 +80,6 @@ def sgd_written_out(grads, state, params):
     return buf.apply(lambda s: s * -LR), SGDState(state.count + 1, buf)
 
 
-def timed(fns: dict, rounds: int, warmup: int) -> dict[str, tuple[float, float]]:
-    """(median ms, min ms) per function, interleaved rounds after warm-up."""
-    for _ in range(warmup):
-        for f in fns.values():
-            f()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            start = time.perf_counter()
-            f()
-            times[k].append(1e3 * (time.perf_counter() - start))
-    return {k: (statistics.median(v), min(v)) for k, v in times.items()}
-
-
 def check_equal(ref, got, what: str) -> None:
     for a, b in zip(leaves(ref), leaves(got), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=f"{what} differs from the written-out update")
@@ -127,24 +111,24 @@ def measure(model: str, widths: tuple[int, ...], adam: Optimizer, sgd: Optimizer
     for t, g in zip(tensors, leaves(grads), strict=True):
         t.grad = g.clone()
     tadam, tsgd = torch.optim.Adam(tensors, lr=LR), torch.optim.SGD(tensors, lr=LR, momentum=MOMENTUM)
-    res = timed({"written out": lambda: adam_written_out(grads, astate, params),
+    res = common.bench_stats({"written out": lambda: adam_written_out(grads, astate, params),
                  "foreach": lambda: adam_foreach(grads, astate, params),
                  "fused kernel on copies": lambda: adam.update(grads, astate, params),
                  "torch.optim.Adam (in place)": tadam.step}, args.rounds, args.warmup)  # fmt: skip
     rows += rows_of(res, "adam", model, numel, "eager", "written out")
-    res = timed({"written out": lambda: sgd_written_out(grads, sstate, params),
+    res = common.bench_stats({"written out": lambda: sgd_written_out(grads, sstate, params),
                  "foreach": lambda: sgd.update(grads, sstate, params),
                  "torch.optim.SGD (in place)": tsgd.step}, args.rounds, args.warmup)  # fmt: skip
     rows += rows_of(res, "sgd momentum", model, numel, "eager", "written out")
     if not args.no_compile:
         comp = {k: torch.compile(f, fullgraph=True) for k, f in
                 (("written out", adam_written_out), ("foreach", adam_foreach))}  # fmt: skip
-        res = timed({k: (lambda f=f: f(grads, astate, params)) for k, f in comp.items()}, args.rounds,
+        res = common.bench_stats({k: (lambda f=f: f(grads, astate, params)) for k, f in comp.items()}, args.rounds,
                     args.warmup)  # fmt: skip
         rows += rows_of(res, "adam", model, numel, "compiled", "written out")
         comp = {k: torch.compile(f, fullgraph=True) for k, f in
                 (("written out", sgd_written_out), ("foreach", sgd.update))}  # fmt: skip
-        res = timed({k: (lambda f=f: f(grads, sstate, params)) for k, f in comp.items()}, args.rounds,
+        res = common.bench_stats({k: (lambda f=f: f(grads, sstate, params)) for k, f in comp.items()}, args.rounds,
                     args.warmup)  # fmt: skip
         rows += rows_of(res, "sgd momentum", model, numel, "compiled", "written out")
     return rows
@@ -170,7 +154,7 @@ def main() -> None:
     steps = {"written out": fmtl.make_step(problem.loss_fn, fmtl.balancers.dbmtl(), written),
              "fused kernel on copies": fmtl.make_step(problem.loss_fn, fmtl.balancers.dbmtl(), adam)}  # fmt: skip
     states = {k: s.init(problem.params) for k, s in steps.items()}
-    res = timed({k: (lambda k=k: steps[k](problem.params, states[k], problem.batch)) for k in steps},
+    res = common.bench_stats({k: (lambda k=k: steps[k](problem.params, states[k], problem.batch)) for k in steps},
                 max(7, args.rounds // 3), args.warmup)  # fmt: skip
     rows += rows_of(res, "dbmtl step with adam", "step mlp 64-512-512-512 + 11 heads, batch 128", numel, "eager",
                     "written out")  # fmt: skip

@@ -98,18 +98,14 @@ class TorchOptimizer:
 
     Example:
         >>> import torch, fmtl
-        >>> from tensordict import TensorDict
-        >>> params, apply = fmtl.functionalize(torch.nn.Linear(3, 4),
-        ...     {"a": torch.nn.Linear(4, 1), "b": torch.nn.Linear(4, 1)})
-        >>> def loss_fn(p, batch):
-        ...     out = apply(p, batch["x"])
-        ...     return torch.stack([(out[k].squeeze(-1) - batch["y"][:, i]).pow(2).mean()
-        ...                         for i, k in enumerate(out)])
+        >>> params, apply = fmtl.functionalize(torch.nn.Linear(2, 3), {"u": torch.nn.Linear(3, 1),
+        ...                                                            "v": torch.nn.Linear(3, 1)})
+        >>> x = torch.randn(8, 2)
+        >>> loss_fn = lambda p, x: torch.stack([o.pow(2).mean() for o in apply(p, x).values()])
         >>> opt = torch.optim.SGD(params.values(True, True), lr=0.1)
         >>> mtl = fmtl.TorchOptimizer(loss_fn, fmtl.balancers.dbmtl(), params, opt)
-        >>> batch = TensorDict({"x": torch.randn(8, 3), "y": torch.randn(8, 2)}, [8])
         >>> before = params["shared", "weight"].clone()
-        >>> info = mtl.step(batch)
+        >>> info = mtl.step(x)   # the batch is whatever loss_fn takes
         >>> bool((params["shared", "weight"] != before).any()), int(mtl.state.count)
         (True, 1)
     """

@@ -11,6 +11,7 @@ from unittest import mock
 
 import pytest
 import torch
+from _optim_helpers import assert_same, trajectories
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tensordict import TensorDict
@@ -31,26 +32,7 @@ def _run_both(make_ours, make_torch, seed: int, steps: int = 20, path: str = "ke
 
 
 def _run_both_here(make_ours, make_torch, seed: int, steps: int):
-    gen = torch.Generator().manual_seed(seed)
-    init = {"a": torch.randn(3, 4, generator=gen, dtype=torch.float64),
-            "b": {"c": torch.randn(5, generator=gen, dtype=torch.float64)}}
-    grads = [TensorDict({"a": torch.randn(3, 4, generator=gen, dtype=torch.float64),
-                         "b": {"c": torch.randn(5, generator=gen, dtype=torch.float64)}}, [])
-             for _ in range(steps)]
-    params = TensorDict(init, []).clone()
-    opt = make_ours()
-    state = opt.init(params)
-    for g in grads:
-        updates, state = opt.update(g, state, params)
-        params = params + updates
-
-    tensors = [init["a"].clone().requires_grad_(), init["b"]["c"].clone().requires_grad_()]
-    topt = make_torch(tensors)
-    for g in grads:
-        tensors[0].grad, tensors[1].grad = g["a"].clone(), g["b", "c"].clone()
-        topt.step()
-    torch.testing.assert_close(params["a"], tensors[0].detach(), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(params["b", "c"], tensors[1].detach(), rtol=1e-12, atol=1e-12)
+    assert_same(*trajectories(make_ours(), make_torch, steps=steps, seed=seed))
 
 
 hyper = dict(lr=st.floats(1e-4, 0.5), wd=st.sampled_from([0.0, 1e-3, 0.1]), seed=st.integers(0, 10_000))
@@ -108,24 +90,11 @@ def test_compiled_update_equals_torch(name):
 @pytest.mark.parametrize("path", PATHS)
 def test_leaves_of_several_dtypes_each_equal_torch(path):
     """The fused kernel runs once per dtype (ε may depend on it); float32 and float64 leaves mixed."""
-    gen = torch.Generator().manual_seed(0)
-    init = {"a": torch.randn(4, generator=gen, dtype=torch.float64), "b": torch.randn(3, generator=gen)}
-    grads = [TensorDict({"a": torch.randn(4, generator=gen, dtype=torch.float64), "b": torch.randn(3, generator=gen)},
-                        []) for _ in range(5)]
     with _path(path):
-        params, opt = TensorDict(init, []).clone(), fmtl.optim.adam(0.1)
-        state = opt.init(params)
-        for g in grads:
-            u, state = opt.update(g, state, params)
-            params = params + u
-    tensors = [init["a"].clone(), init["b"].clone()]
-    topt = torch.optim.Adam(tensors, lr=0.1)
-    for g in grads:
-        tensors[0].grad, tensors[1].grad = g["a"].clone(), g["b"].clone()
-        topt.step()
-    assert params["a"].dtype == torch.float64 and params["b"].dtype == torch.float32
-    torch.testing.assert_close(params["a"], tensors[0], rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(params["b"], tensors[1], rtol=1e-6, atol=1e-6)
+        params, tensors = trajectories(fmtl.optim.adam(0.1), lambda ps: torch.optim.Adam(ps, lr=0.1), steps=5,
+                                       dtypes=(torch.float64, torch.float32))  # fmt: skip
+    assert params["b", "c"].dtype == torch.float32
+    assert_same(params, tensors)
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam"])

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from _optim_helpers import assert_same, trajectories
 from _toy import toy_problem
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,35 +16,6 @@ import fmtl
 from fmtl import schedules as S
 from fmtl.plateau import PlateauState, plateau
 from fmtl.transforms import chain, clip_norm, get_lr_scale, lr_scale, set_lr_scale
-
-
-def _trajectories(ours: fmtl.optim.Optimizer, make_torch, make_sched, steps: int = 12, seed: int = 0,
-                  scale: float = 1.0):
-    """Params of fmtl's optimizer and of torch's (stepping its scheduler after every update)."""
-    gen = torch.Generator().manual_seed(seed)
-    init = {"a": torch.randn(3, 2, generator=gen, dtype=torch.float64), "b": torch.randn(4, generator=gen,
-                                                                                         dtype=torch.float64)}
-    grads = [TensorDict({k: torch.randn(v.shape, generator=gen, dtype=torch.float64) * scale
-                         for k, v in init.items()}, []) for _ in range(steps)]  # fmt: skip
-    params = TensorDict(init, []).clone()
-    state = ours.init(params)
-    for g in grads:
-        u, state = ours.update(g, state, params)
-        params = params + u
-    tensors = [init["a"].clone(), init["b"].clone()]
-    opt = make_torch(tensors)
-    sched = make_sched(opt)
-    for g in grads:
-        tensors[0].grad, tensors[1].grad = g["a"].clone(), g["b"].clone()
-        opt.step()
-        sched.step()
-    return params, tensors
-
-
-def _assert_same(params, tensors):
-    torch.testing.assert_close(params["a"], tensors[0], rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(params["b"], tensors[1], rtol=1e-12, atol=1e-12)
-
 
 LRS = torch.optim.lr_scheduler
 
@@ -64,7 +36,7 @@ def test_schedule_equals_the_torch_scheduler(name, opt):
     ours = {"sgd": fmtl.optim.sgd(schedule, momentum=0.9), "adam": fmtl.optim.adam(schedule)}[opt]
     make_torch = {"sgd": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
                   "adam": lambda ps: torch.optim.Adam(ps, lr=0.1)}[opt]  # fmt: skip
-    _assert_same(*_trajectories(ours, make_torch, make_sched, steps=11))
+    assert_same(*trajectories(ours, make_torch, make_sched=make_sched, steps=11))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -158,24 +130,10 @@ def test_bad_plateau_arguments_are_named(kw):
 @given(max_norm=st.sampled_from([0.1, 1.0, 3.0, 100.0]), scale=st.sampled_from([0.01, 1.0, 10.0]),
        seed=st.integers(0, 1000))
 def test_clip_norm_then_adam_equals_torch_clip_grad_norm(max_norm, scale, seed):
-    gen = torch.Generator().manual_seed(seed)
-    init = {"a": torch.randn(3, 2, generator=gen, dtype=torch.float64), "b": torch.randn(4, generator=gen,
-                                                                                         dtype=torch.float64)}
-    grads = [TensorDict({k: torch.randn(v.shape, generator=gen, dtype=torch.float64) * scale
-                         for k, v in init.items()}, []) for _ in range(6)]  # fmt: skip
-    opt = chain(clip_norm(max_norm), fmtl.optim.adam(0.05))
-    params = TensorDict(init, []).clone()
-    state = opt.init(params)
-    for g in grads:
-        u, state = opt.update(g, state, params)
-        params = params + u
-    tensors = [init["a"].clone(), init["b"].clone()]
-    topt = torch.optim.Adam(tensors, lr=0.05)
-    for g in grads:
-        tensors[0].grad, tensors[1].grad = g["a"].clone(), g["b"].clone()
-        torch.nn.utils.clip_grad_norm_(tensors, max_norm)
-        topt.step()
-    _assert_same(params, tensors)
+    params, tensors = trajectories(chain(clip_norm(max_norm), fmtl.optim.adam(0.05)),
+                                   lambda ps: torch.optim.Adam(ps, lr=0.05), steps=6, seed=seed, scale=scale,
+                                   before_step=lambda ts: torch.nn.utils.clip_grad_norm_(ts, max_norm))  # fmt: skip
+    assert_same(params, tensors)
 
 
 def test_clip_norm_rejects_a_non_positive_bound():
