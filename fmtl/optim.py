@@ -26,7 +26,7 @@ import torch
 import torch.optim.adam as _torch_adam
 from tensordict import TensorDict
 
-from .tree import leaves, with_leaves
+from .tree import leaves_at, with_leaves
 
 __all__ = ["Optimizer", "SGDState", "AdamState", "sgd", "adam", "adamw", "require_functional"]
 
@@ -115,16 +115,17 @@ def sgd(lr: LearningRate, momentum: float = 0.0, weight_decay: float = 0.0) -> O
     def update(grads: TensorDict, state: SGDState, params: TensorDict):
         count = state.count + 1
         rate = _lr(lr, count)
-        # torch.optim.SGD's multi-tensor arithmetic, on fresh outputs
-        d = leaves(grads)
+        # torch.optim.SGD's multi-tensor arithmetic, on fresh outputs; leaves paired in params' key order
+        keys = list(params.keys(True, True))
+        d = leaves_at(grads, keys)
         if weight_decay:
-            d = torch._foreach_add(d, leaves(params), alpha=weight_decay)
+            d = torch._foreach_add(d, leaves_at(params, keys), alpha=weight_decay)
         buf = state.momentum
         if momentum:
-            b = torch._foreach_mul(leaves(state.momentum), momentum)
+            b = torch._foreach_mul(leaves_at(state.momentum, keys), momentum)
             torch._foreach_add_(b, d)
-            d, buf = b, with_leaves(state.momentum, b)
-        return with_leaves(grads, torch._foreach_mul(d, -rate)), SGDState(count, buf)
+            d, buf = b, with_leaves(params, b)
+        return with_leaves(params, torch._foreach_mul(d, -rate)), SGDState(count, buf)
 
     return Optimizer(init, update)
 
@@ -157,12 +158,15 @@ def _adam_fused(grads, state, params, rate, b1, b2, eps, weight_decay, decoupled
     back holding the update itself. The weight decay, which would read those zeros, is applied
     here: L2 added to the gradient first, the decoupled −ηλθ added to the update after.
     """
-    g, p = leaves(grads), leaves(params)
+    keys = list(params.keys(True, True))  # every tree's leaves in params' key order
+    g, p = leaves_at(grads, keys), leaves_at(params, keys)
     if weight_decay and not decoupled:
         g = torch._foreach_add(g, p, alpha=weight_decay)
     updates = [torch.zeros_like(x) for x in p]
-    mu = [x.clone() for x in leaves(state.mu)]
-    nu = [x.clone() for x in leaves(state.nu)]
+    # the kernel walks all its tensors with one set of strides: give every one the update's layout
+    g = [x if x.stride() == u.stride() else torch.empty_like(u).copy_(x) for x, u in zip(g, updates, strict=True)]
+    mu = [torch.empty_like(u).copy_(x) for x, u in zip(leaves_at(state.mu, keys), updates, strict=True)]
+    nu = [torch.empty_like(u).copy_(x) for x, u in zip(leaves_at(state.nu, keys), updates, strict=True)]
     steps = [state.count.to(torch.float32) for _ in p]  # one tensor per leaf: the kernel increments each
     for dtype in dict.fromkeys(x.dtype for x in p):
         idx = [i for i, x in enumerate(p) if x.dtype == dtype]
@@ -172,14 +176,21 @@ def _adam_fused(grads, state, params, rate, b1, b2, eps, weight_decay, decoupled
                          maximize=False)  # fmt: skip
     if weight_decay and decoupled:
         torch._foreach_add_(updates, torch._foreach_mul(p, -rate * weight_decay))
-    return with_leaves(params, updates), with_leaves(state.mu, mu), with_leaves(state.nu, nu)
+    return with_leaves(params, updates), with_leaves(params, mu), with_leaves(params, nu)
 
 
 def _fusable(*trees: TensorDict) -> bool:
-    return not torch.compiler.is_compiling() and all(
-        x.device.type in _FUSED_DEVICES and x.is_floating_point() and x.layout == torch.strided
-        for td in trees for x in leaves(td)
-    )  # fmt: skip
+    """Eager, and leaf by leaf the trees agree in dtype and device on a device with the fused kernel."""
+    if torch.compiler.is_compiling():
+        return False
+    keys = list(trees[0].keys(True, True))
+    for xs in zip(*(leaves_at(td, keys) for td in trees), strict=True):
+        x = xs[0]
+        if not (x.device.type in _FUSED_DEVICES and x.is_floating_point() and x.layout == torch.strided):
+            return False
+        if any(y.dtype != x.dtype or y.device != x.device for y in xs[1:]):
+            return False  # the written-out form promotes; the fused kernel would refuse
+    return True
 
 
 def _adam(lr, betas, eps, weight_decay, decoupled: bool) -> Optimizer:
@@ -192,7 +203,7 @@ def _adam(lr, betas, eps, weight_decay, decoupled: bool) -> Optimizer:
     def update(grads: TensorDict, state: AdamState, params: TensorDict):
         count = state.count + 1
         rate = _lr(lr, count)
-        if _fusable(grads, params):
+        if _fusable(grads, params, state.mu, state.nu):
             updates, mu, nu = _adam_fused(grads, state, params, rate, b1, b2, eps, weight_decay, decoupled)
         else:
             k = count.to(torch.float64)

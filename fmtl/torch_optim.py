@@ -30,7 +30,7 @@ from .base import Balancer
 from .optim import Optimizer
 from .step import Reduce, StepState, make_step
 from .task_gradients import LossFn
-from .tree import leaves
+from .tree import leaves_at
 
 __all__ = ["GradientState", "keep_gradient", "TorchOptimizer"]
 
@@ -125,8 +125,9 @@ class TorchOptimizer:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer; got {type(optimizer).__name__} "
                             "(a functional fmtl.optim optimizer goes to fmtl.make_step)")  # fmt: skip
-        names = [".".join(k) if isinstance(k, tuple) else k for k in params.keys(True, True)]
-        self._leaves = leaves(params)
+        self._keys = list(params.keys(True, True))
+        names = [".".join(k) if isinstance(k, tuple) else k for k in self._keys]
+        self._leaves = leaves_at(params, self._keys)
         not_leaf = [n for n, p in zip(names, self._leaves, strict=True) if not p.is_leaf]
         if not_leaf:
             raise ValueError(f"params {not_leaf} are not leaf tensors; torch.optim can only update leaves "
@@ -146,9 +147,9 @@ class TorchOptimizer:
         """Adds the balanced gradient g̃ of ``batch`` to every leaf's ``.grad``; returns the step's info."""
         _, state, info = self._step(self.params, self.state, batch)
         with torch.no_grad():
-            for p, g in zip(self._leaves, leaves(state.optimizer.grad), strict=True):
+            for p, g in zip(self._leaves, leaves_at(state.optimizer.grad, self._keys), strict=True):
                 if p.grad is None:
-                    p.grad = g.detach().clone(memory_format=torch.contiguous_format)
+                    p.grad = torch.empty_like(p).copy_(g)  # the parameter's layout, as autograd gives it
                 else:
                     p.grad.add_(g)
         # the gradient now lives in .grad; the state keeps the memory-free placeholder

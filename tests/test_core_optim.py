@@ -63,7 +63,7 @@ def test_adamw_equals_torch(path, lr, wd, seed):
 
 def test_the_eager_and_the_compiled_paths_are_the_ones_tested():
     p = TensorDict({"w": torch.zeros(3)}, [])
-    assert fmtl.optim._fusable(p, p)
+    assert fmtl.optim._fusable(p, p) and not fmtl.optim._fusable(p, p.double())
     seen = []
     torch.compile(lambda x: seen.append(fmtl.optim._fusable(p, p)) or x + 1, backend="eager", fullgraph=True)(
         torch.zeros(1))
@@ -147,3 +147,31 @@ def test_make_step_with_a_torch_optimizer_points_at_the_bridge():
                        torch.optim.Adam(params.values(True, True)))
     with pytest.raises(TypeError, match="fmtl.optim.Optimizer"):
         fmtl.make_step(lambda p, b: p["shared", "w"].sum()[None], fmtl.balancers.get("ew"), "adam")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_gradients_laid_out_or_ordered_unlike_the_params_are_paired_by_key(name, path):
+    """torch.func returns some gradients transposed (the STL ensemble's), and a balancer may order keys
+    its own way: the kernels pair leaves by key and lay every tensor out like the parameter."""
+    make = {"sgd": lambda: fmtl.optim.sgd(0.1, momentum=0.9, weight_decay=0.01),
+            "adam": lambda: fmtl.optim.adam(0.1, weight_decay=0.01),
+            "adamw": lambda: fmtl.optim.adamw(0.1)}[name]  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    params = TensorDict({"w": torch.randn(3, 4, generator=gen, dtype=torch.float64),
+                         "v": torch.randn(2, generator=gen, dtype=torch.float64)}, [])  # fmt: skip
+    grads = [(torch.randn(4, 3, generator=gen, dtype=torch.float64).T, torch.randn(2, generator=gen,
+                                                                                dtype=torch.float64))
+             for _ in range(4)]  # fmt: skip
+    with _path(path):
+        opt = make()
+        p, ref = params.clone(), params.clone()
+        s, s_ref = opt.init(p), opt.init(ref)
+        for w, v in grads:
+            u, s = opt.update(TensorDict({"v": v, "w": w}, []), s, p)  # transposed w, keys in the other order
+            p = p + u
+            u, s_ref = opt.update(TensorDict({"w": w.contiguous(), "v": v}, []), s_ref, ref)
+            ref = ref + u
+    assert not grads[0][0].is_contiguous()
+    for k in ("w", "v"):
+        torch.testing.assert_close(p[k], ref[k], rtol=1e-12, atol=1e-12)
