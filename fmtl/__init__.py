@@ -6,11 +6,12 @@ all T task gradients in one vectorized pass; a :class:`Balancer` (DB-MTL or a ba
 them into one update; :func:`make_step` composes everything into a pure, compile-able step.
 """
 
-from . import balancers, optim
+from . import balancers, optim, plateau, schedules, transforms
 from .base import Balancer, EmptyState, TaskGradients
 from .params import Functional, functionalize, task_names
 from .step import Step, StepState, make_step
 from .task_gradients import STRATEGIES, task_gradients
+from .torch_optim import TorchOptimizer
 
 __version__ = "0.1.0"
 
@@ -22,10 +23,14 @@ __all__ = [
     "Step",
     "StepState",
     "TaskGradients",
+    "TorchOptimizer",
     "balancers",
     "functionalize",
     "make_step",
     "optim",
+    "plateau",
+    "schedules",
     "task_gradients",
     "task_names",
+    "transforms",
 ]

@@ -11,7 +11,7 @@ from torch.func import vjp
 from torch.utils import _pytree as pytree
 
 from .base import Balancer, TaskGradients
-from .optim import Optimizer
+from .optim import Optimizer, require_functional
 from .params import check_params, task_names
 from .task_gradients import LossFn, checked_loss, task_gradients
 from .tree import gramian, leaves, row_norms
@@ -190,6 +190,7 @@ def make_step(
         >>> sorted(info)
         ['cosine', 'grad_norms', 'losses', 'ok', 'weights']
     """
+    optimizer = require_functional(optimizer)  # a torch.optim object is pointed at fmtl.TorchOptimizer
     loss_only = balancer.loss_weights is not None
     with_diagnostics = bool(diagnostics)
 

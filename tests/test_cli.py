@@ -134,8 +134,12 @@ def test_compare_builds_the_table(tmp_path, capsys):
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     assert [r.split("|")[1].strip() for r in rows[1:]] == ["stl", "ew", "dbmtl"]
     assert "±" in md and "**" in md
+    assert "**" not in rows[1] and "0 (reference)" in rows[1]  # STL is the reference, never the best
     csv_rows = (out / "table.csv").read_text().splitlines()
-    assert csv_rows[0].startswith("method,t0_mse") and len(csv_rows) == 4
+    # per-seed values, then the mean and std over seeds, for each of stl, ew, dbmtl
+    assert csv_rows[0].startswith("method,seed,t0_mse") and len(csv_rows) == 1 + 3 * 4
+    assert [r.split(",")[1] for r in csv_rows[1:5]] == ["0", "1", "mean", "std"]
+    assert (out / "table.tex").read_text().startswith("\\begin{table}")
     assert (out / "delta_p.png").read_bytes()[:8] == PNG
     for m in ("ew", "dbmtl"):
         for s in (0, 1):

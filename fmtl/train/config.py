@@ -1,25 +1,35 @@
-"""Run configuration: TOML files (read with ``tomllib``), ``key=value`` overrides, and a TOML writer.
+"""Run configuration: TOML files (read with ``tomllib``, written with ``tomli-w``) and ``key=value`` overrides.
 
 A run is described by one flat dict of settings (:data:`DEFAULTS`) plus three tables:
 ``opts`` (the method's hyperparameters, e.g. DB-MTL's β), ``data`` (dataset options, e.g.
 ``subset``) and ``model`` (model sizes). The dict written to ``config.toml`` is the *resolved*
 configuration (benchmark defaults filled in), so two runs are the same run exactly when their
 resolved configurations are equal.
+
+``opts`` may also hold per-method tables, for ``fmtl compare``: ``--opt dbmtl.beta=0.5`` (or
+``[opts.dbmtl]`` / ``dbmtl.beta = 0.5`` in a TOML file) sets β for DB-MTL only, ``--opt eps=1e-6``
+for every method. :func:`merge` stores the dotted form as the nested table ``{"dbmtl": {"beta":
+0.5}}``, which survives the round trip through ``config.toml``, and
+:func:`fmtl.train.compare.split_opts` splits it back per method. Record-only tables
+(:data:`RECORDS`: the environment a run ran in) may sit in ``config.toml`` but are not settings:
+:func:`load_toml` leaves them out, so they never make two runs differ.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+import tomli_w
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["DEFAULTS", "TABLES", "parse_value", "parse_pairs", "load_toml", "dumps", "merge"]
+__all__ = ["DEFAULTS", "TABLES", "RECORDS", "parse_value", "parse_pairs", "load_toml", "dumps", "merge",
+           "nest_opts"]  # fmt: skip
 
 #: Every top-level setting and its default; ``None`` means "the benchmark's default".
 DEFAULTS: dict[str, Any] = {
@@ -42,6 +52,8 @@ DEFAULTS: dict[str, Any] = {
 }
 #: The sub-tables: method hyperparameters, dataset options, model options.
 TABLES = ("opts", "data", "model")
+#: Top-level keys a ``config.toml`` may hold for the record only (not settings; not compared).
+RECORDS = ("fmtl_version", "environment")
 
 
 def parse_value(text: str) -> Any:
@@ -80,10 +92,12 @@ def parse_pairs(pairs: Iterable[str], what: str = "--opt") -> dict[str, Any]:
 def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Reads a config file; unknown top-level keys are an error that lists the valid ones.
 
+    The record-only tables (:data:`RECORDS`) are accepted and left out of the result.
+
     Example:
         >>> import tempfile, pathlib
         >>> p = pathlib.Path(tempfile.mkdtemp()) / "c.toml"
-        >>> _ = p.write_text('method = "ew"\\n[opts]\\nlog_transform = true\\n')
+        >>> _ = p.write_text('method = "ew"\\n[opts]\\nlog_transform = true\\n[environment]\\ntorch = "2.13"\\n')
         >>> load_toml(p)
         {'method': 'ew', 'opts': {'log_transform': True}}
     """
@@ -92,64 +106,90 @@ def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
             cfg = tomllib.load(f)
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"{path}: not valid TOML ({e})") from None
-    unknown = sorted(set(cfg) - set(DEFAULTS) - set(TABLES) - {"fmtl_version"})
+    unknown = sorted(set(cfg) - set(DEFAULTS) - set(TABLES) - set(RECORDS))
     if unknown:
         raise ValueError(f"{path}: unknown setting(s) {unknown}; valid: {sorted(DEFAULTS) + list(TABLES)}")
     for t in TABLES:
         if t in cfg and not isinstance(cfg[t], dict):
             raise ValueError(f"{path}: {t!r} must be a table ([{t}])")
-    return cfg
+    return {k: v for k, v in cfg.items() if k not in RECORDS}
+
+
+def nest_opts(opts: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"dbmtl.beta": 0.5}`` → ``{"dbmtl": {"beta": 0.5}}``: per-method keys as nested tables.
+
+    Example:
+        >>> nest_opts({"eps": 1e-6, "dbmtl.beta": 0.5, "dbmtl": {"alpha": "max"}})
+        {'eps': 1e-06, 'dbmtl': {'beta': 0.5, 'alpha': 'max'}}
+        >>> nest_opts({"dbmtl": 1, "dbmtl.beta": 0.5})
+        Traceback (most recent call last):
+        ...
+        ValueError: --opt dbmtl.beta: 'dbmtl' is also set as a value (1); a method's options need ...
+    """
+    out: dict[str, Any] = {}
+    for key, v in opts.items():
+        method, dot, name = key.partition(".")
+        if not dot and not isinstance(v, Mapping):
+            out[key] = v
+            continue
+        table, items = (method, {name: v}) if dot else (key, dict(v))
+        if table in out and not isinstance(out[table], dict):
+            raise ValueError(f"--opt {key}: {table!r} is also set as a value ({out[table]!r}); a method's "
+                             "options need the form METHOD.key=value")  # fmt: skip
+        out[table] = {**out.get(table, {}), **items}
+    return out
 
 
 def merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
     """Later layers override earlier ones; the tables merge key by key; ``None`` means unset.
 
+    ``opts`` goes through :func:`nest_opts`, and per-method tables merge key by key too.
+
     Example:
         >>> merge({"lr": 0.1, "opts": {"beta": 0.9}}, {"lr": None, "opts": {"alpha": "max"}})
         {'lr': 0.1, 'opts': {'beta': 0.9, 'alpha': 'max'}}
+        >>> merge({"opts": {"dbmtl": {"beta": 0.9}}}, {"opts": {"dbmtl.alpha": "max"}})["opts"]
+        {'dbmtl': {'beta': 0.9, 'alpha': 'max'}}
     """
     out: dict[str, Any] = {}
     for layer in layers:
         for k, v in layer.items():
-            if k in TABLES:
+            if k == "opts":
+                old, new = out.get(k, {}), nest_opts(v or {})
+                out[k] = {**old, **{m: {**old[m], **x} if isinstance(x, dict) and isinstance(old.get(m), dict) else x
+                                    for m, x in new.items()}}  # fmt: skip
+            elif k in TABLES:
                 out[k] = {**out.get(k, {}), **(v or {})}
             elif v is not None or k not in out:
                 out[k] = v
     return out
 
 
-def _scalar(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+def _without_none(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {k: _without_none(x) for k, x in v.items() if x is not None}
     if isinstance(v, list | tuple):
-        return "[" + ", ".join(_scalar(x) for x in v) + "]"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+        return [_without_none(x) for x in v]
+    return v
 
 
 def dumps(cfg: Mapping[str, Any]) -> str:
-    """Writes a flat dict plus one level of tables as TOML (``None`` values are left out).
+    """TOML text of a configuration (``tomli-w``; ``None`` values, which TOML cannot hold, are left out).
 
     Example:
-        >>> print(dumps({"method": "dbmtl", "lr": 0.001, "epochs": None, "opts": {"beta": 0.9}}))
+        >>> print(dumps({"method": "dbmtl", "lr": 0.001, "epochs": None, "opts": {"beta": 0.9,
+        ...                                                                     "pcgrad": {"seed": 1}}}))
         method = "dbmtl"
         lr = 0.001
         <BLANKLINE>
         [opts]
         beta = 0.9
         <BLANKLINE>
+        [opts.pcgrad]
+        seed = 1
+        <BLANKLINE>
     """
-    lines = [f"{k} = {_scalar(v)}" for k, v in cfg.items() if not isinstance(v, Mapping) and v is not None]
-    for k, v in cfg.items():
-        if isinstance(v, Mapping):
-            lines += ["", f"[{k}]"] + [f"{kk} = {_scalar(vv)}" for kk, vv in v.items() if vv is not None]
-    return "\n".join(lines) + "\n"
+    try:
+        return tomli_w.dumps(_without_none(cfg))
+    except TypeError as e:
+        raise TypeError(f"cannot write the configuration to TOML: {e}") from None
