@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import torch
 from tensordict import TensorDict
 
-__all__ = ["Optimizer", "SGDState", "AdamState", "sgd", "adam", "adamw"]
+__all__ = ["Optimizer", "SGDState", "AdamState", "sgd", "adam", "adamw", "get", "names"]
 
 LearningRate = float | torch.Tensor | Callable[[torch.Tensor], torch.Tensor | float]
 
@@ -154,3 +154,37 @@ def adamw(
         tensor([-0.0500])
     """
     return _adam(lr, betas, eps, weight_decay, decoupled=True)
+
+
+_FACTORIES: dict[str, Callable[..., Optimizer]] = {"adam": adam, "adamw": adamw, "sgd": sgd}
+
+
+def names() -> list[str]:
+    """The optimizer names :func:`get` accepts.
+
+    Example:
+        >>> names()
+        ['adam', 'adamw', 'sgd']
+    """
+    return sorted(_FACTORIES)
+
+
+def get(name: str, lr: LearningRate, **hyperparameters: Any) -> Optimizer:
+    """The functional optimizer called ``name`` (one of :func:`names`), e.g. ``get("adam", 1e-3)``.
+
+    Args:
+        name: ``"adam"``, ``"adamw"`` or ``"sgd"``.
+        lr: the learning rate (a number, a 0-d tensor or a schedule of the step count).
+        **hyperparameters: the factory's other arguments (``weight_decay``, ``betas``, ``momentum`` …).
+
+    Example:
+        >>> get("sgd", 0.1, momentum=0.9).init.__qualname__
+        'sgd.<locals>.init'
+        >>> get("lion", 0.1)
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown optimizer 'lion'; valid: adam, adamw, sgd
+    """
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(names())}")
+    return _FACTORIES[name](lr, **hyperparameters)

@@ -98,10 +98,10 @@ def test_resume_mid_epoch_from_a_step_checkpoint(tmp_path, monkeypatch):
     cfg = tiny_config(method="dbmtl", epochs=2, checkpoint_every=4)
     train(cfg, tmp_path / "full", quiet=True, plots=False)
 
-    import fmtl.train.loop
+    import fmtl.train.assemble
     from fmtl.step import Step
 
-    real = fmtl.train.loop.make_step
+    real = fmtl.train.assemble.make_step
 
     def crashing_make_step(*args, **kwargs):
         step, calls = real(*args, **kwargs), []
@@ -114,12 +114,12 @@ def test_resume_mid_epoch_from_a_step_checkpoint(tmp_path, monkeypatch):
 
         return Step(step.init, apply)
 
-    monkeypatch.setattr(fmtl.train.loop, "make_step", crashing_make_step)
+    monkeypatch.setattr(fmtl.train.assemble, "make_step", crashing_make_step)
     out = tmp_path / "crashed"
     with pytest.raises(KeyboardInterrupt):
         train(cfg, out, quiet=True, plots=False)
     assert checkpoint.load(out / "checkpoint.pt")["position"] == {"epoch": 1, "batch": 2, "step": 8}
-    monkeypatch.setattr(fmtl.train.loop, "make_step", real)
+    monkeypatch.setattr(fmtl.train.assemble, "make_step", real)
     train(cfg, out, resume=True, quiet=True, plots=False)
     assert_bitwise_equal(final_params(tmp_path / "full"), final_params(out))
 

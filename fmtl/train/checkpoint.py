@@ -12,15 +12,14 @@ weights_only=True)`` can read it and no code is ever unpickled):
   ``history`` (per-epoch evaluations) and ``extra`` (bookkeeping such as the size of
   ``metrics.jsonl`` at save time).
 
-Writes go to a temporary file in the same directory, are fsync'ed, then ``os.replace``-d over
-the old checkpoint: a process killed at any moment leaves either the old or the new file.
+Writes are atomic (:func:`fmtl.atomic.write`: temporary file, fsync, ``os.replace``): a process
+killed at any moment leaves either the old or the new file.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +28,8 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 from torch.utils import _pytree as pytree
+
+from .. import atomic, rng
 
 __all__ = ["FORMAT", "VERSION", "CheckpointError", "save", "load", "restore"]
 
@@ -40,8 +41,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: unreadable, corrupt, foreign, or for another model."""
 
 
+def _host(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().to("cpu", copy=True)  # a checkpoint holds CPU tensors: it loads on any device
+
+
 def _flat(params: TensorDict) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in params.flatten_keys(".").items()}
+    return {k: _host(v) for k, v in params.flatten_keys(".").items()}
 
 
 def save(
@@ -53,8 +58,12 @@ def save(
     config: Mapping[str, Any],
     history: list,
     extra: Mapping[str, Any] | None = None,
+    rng_state: rng.RNGState | None = None,
 ) -> None:
     """Writes a checkpoint atomically (temp file in the same directory, fsync, ``os.replace``).
+
+    Tensors are stored on the CPU; ``rng_state`` (default: the CPU generator's) is the random state
+    to resume from — ``rng`` holds the CPU generator's, ``rng_device`` an accelerator's.
 
     Example:
         >>> import tempfile, torch
@@ -71,31 +80,16 @@ def save(
         "format": FORMAT,
         "version": VERSION,
         "params": _flat(params),
-        "state": [x.detach().clone() if isinstance(x, torch.Tensor) else x for x in pytree.tree_leaves(state)],
+        "state": [_host(x) if isinstance(x, torch.Tensor) else x for x in pytree.tree_leaves(state)],
         "position": {k: int(v) for k, v in position.items()},
-        "rng": torch.get_rng_state(),
+        "rng": (rng_state or rng.get()).cpu,
         "config": dict(config),
         "history": list(history),
         "extra": dict(extra or {}),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    if rng_state is not None and rng_state.device is not None:
+        payload["rng_device"] = rng_state.device
+    atomic.write(path, lambda f: torch.save(payload, f))
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -135,7 +129,7 @@ def restore(payload: Mapping[str, Any], params: TensorDict, state: Any) -> tuple
 
     ``params`` and ``state`` are what the run would start from (the model's initial params and
     ``step.init(params)``); every key, shape and dtype must match or :class:`CheckpointError`
-    says what differs.
+    says what differs. The saved tensors are moved to the templates' devices.
 
     Example:
         >>> import torch
@@ -146,7 +140,7 @@ def restore(payload: Mapping[str, Any], params: TensorDict, state: Any) -> tuple
         >>> p2["shared", "w"], s2
         (tensor([1., 1.]), (tensor(4),))
     """
-    want = _flat(params)
+    want = dict(params.flatten_keys(".").items())
     got = payload["params"]
     if set(got) != set(want):
         extra, missing = sorted(set(got) - set(want))[:5], sorted(set(want) - set(got))[:5]
@@ -162,7 +156,7 @@ def restore(payload: Mapping[str, Any], params: TensorDict, state: Any) -> tuple
             )
     new_params = params.clone()
     for k, v in got.items():
-        new_params[tuple(k.split("."))] = v
+        new_params[tuple(k.split("."))] = v.to(want[k].device)
     leaves, spec = pytree.tree_flatten(state)
     saved = payload["state"]
     shapes_ok = len(saved) == len(leaves) and all(
@@ -171,4 +165,4 @@ def restore(payload: Mapping[str, Any], params: TensorDict, state: Any) -> tuple
     )
     if not shapes_ok:
         raise CheckpointError("checkpoint step state does not match this method/optimizer (different state layout)")
-    return new_params, pytree.tree_unflatten(list(saved), spec)
+    return new_params, pytree.tree_unflatten([a.to(b.device) for a, b in zip(saved, leaves, strict=True)], spec)

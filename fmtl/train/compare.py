@@ -13,9 +13,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from .. import atomic
 from . import runs
-from .loop import write_atomic
+from .fit import fit
 from .plots import plot_delta_p
+from .problems import label
 from .report import aggregate, compare_table
 
 __all__ = ["split_opts", "compare"]
@@ -50,6 +54,7 @@ def compare(
     *,
     overwrite: bool = False,
     quiet: bool = False,
+    device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Runs (or reuses) every method and seed, then writes and returns the comparison table.
 
@@ -59,6 +64,7 @@ def compare(
         methods: balancer names (``"stl"`` is always included as the reference row).
         seeds: seeds 0 … seeds−1.
         out: the comparison's directory.
+        overwrite, quiet, device: as for :func:`fmtl.train.fit`.
 
     Returns:
         ``{"markdown", "csv", "rows", "paths"}``.
@@ -72,13 +78,15 @@ def compare(
     for s in range(seeds):
         seed_cfg = {**base, "seed": s, "opts": {}}
         stl_dir = out / "stl" / f"seed{s}"
-        stl_res, _ = runs.run(runs.stl_config(seed_cfg), stl_dir, resume=True, overwrite=overwrite, quiet=quiet)
+        stl_res = fit(None, stl_dir, config=runs.stl_config(seed_cfg), resume=True, overwrite=overwrite, quiet=quiet,
+                      device=device)  # fmt: skip
+        stl_res.pop("reused")
         results["stl"].append(stl_res)
         for m in methods:
             cfg = {**seed_cfg, "method": m, "opts": per_method[m]}
-            res, reused = runs.run(cfg, out / m / f"seed{s}", resume=True, overwrite=overwrite, stl=str(stl_dir),
-                                   quiet=quiet)  # fmt: skip
-            if reused and not quiet:
+            res = fit(None, out / m / f"seed{s}", config=cfg, resume=True, overwrite=overwrite, stl=str(stl_dir),
+                      quiet=quiet, device=device)  # fmt: skip
+            if res.pop("reused") and not quiet:
                 print(f"fmtl: reusing the finished run {out / m / f'seed{s}'}", flush=True)
             results[m].append(res)
     rows = {}
@@ -89,10 +97,11 @@ def compare(
         rows[name] = agg
     markdown, csv_text = compare_table(rows, results["stl"][0])
     out.mkdir(parents=True, exist_ok=True)
-    title = f"{base['benchmark']}: test metrics (mean over {seeds} seed{'s' if seeds > 1 else ''}), Δp vs STL"
-    write_atomic(out / "table.md", f"{title}\n\n{markdown}\n")
-    write_atomic(out / "table.csv", csv_text)
+    name = label(base["benchmark"])
+    title = f"{name}: test metrics (mean over {seeds} seed{'s' if seeds > 1 else ''}), Δp vs STL"
+    atomic.write(out / "table.md", f"{title}\n\n{markdown}\n")
+    atomic.write(out / "table.csv", csv_text)
     png = plot_delta_p({k: v["delta_p"] for k, v in rows.items() if k != "stl"}, out / "delta_p.png",
-                       title=f"{base['benchmark']}: Δp vs STL ({seeds} seed{'s' if seeds > 1 else ''})")  # fmt: skip
+                       title=f"{name}: Δp vs STL ({seeds} seed{'s' if seeds > 1 else ''})")  # fmt: skip
     return {"markdown": f"{title}\n\n{markdown}", "csv": csv_text, "rows": rows,
             "paths": [out / "table.md", out / "table.csv", png]}  # fmt: skip

@@ -19,7 +19,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["DEFAULTS", "TABLES", "parse_value", "parse_pairs", "load_toml", "dumps", "merge"]
+__all__ = ["DEFAULTS", "TABLES", "RESUMABLE", "parse_value", "parse_pairs", "load_toml", "dumps", "merge",
+           "differences"]  # fmt: skip
 
 #: Every top-level setting and its default; ``None`` means "the benchmark's default".
 DEFAULTS: dict[str, Any] = {
@@ -42,6 +43,8 @@ DEFAULTS: dict[str, Any] = {
 }
 #: The sub-tables: method hyperparameters, dataset options, model options.
 TABLES = ("opts", "data", "model")
+#: Settings a run may change and still be the same run (``--resume DIR --epochs N`` trains longer).
+RESUMABLE = ("epochs",)
 
 
 def parse_value(text: str) -> Any:
@@ -153,3 +156,17 @@ def dumps(cfg: Mapping[str, Any]) -> str:
         if isinstance(v, Mapping):
             lines += ["", f"[{k}]"] + [f"{kk} = {_scalar(vv)}" for kk, vv in v.items() if vv is not None]
     return "\n".join(lines) + "\n"
+
+
+def differences(saved: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str] = RESUMABLE) -> list[str]:
+    """The settings in which two resolved configurations differ, except ``ignore``: ``[]`` for the same run.
+
+    The one "same run" test of fmtl: an output directory (:mod:`fmtl.train.runs`) and a
+    checkpoint (:mod:`fmtl.train.restore`) belong to a run exactly when this is empty.
+
+    Example:
+        >>> differences({"method": "ew", "epochs": 2, "lr": 0.1}, {"method": "ew", "epochs": 5, "lr": 0.2})
+        ['lr']
+    """
+    skip = set(ignore)
+    return sorted(k for k in set(saved) | set(new) if k not in skip and saved.get(k) != new.get(k))
