@@ -10,6 +10,7 @@ give the same losses, task weights, parameters and running statistics from the s
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -238,3 +239,30 @@ def test_compiled_step_with_batchnorm_and_dropout_runs_and_updates_the_statistic
     assert int(buffers["shared.1.num_batches_tracked"]) == 2
     assert not torch.equal(buffers["shared.1.running_mean"], model.buffers.flatten_keys(".")["shared.1.running_mean"])
     assert all(torch.isfinite(v).all() for v in buffers.values())
+
+
+def test_a_zoo_model_with_batchnorm_trains_through_fit(tmp_path):
+    """fmtl.models' pure BatchNorm (Model.stats + update_buffers) through the training application."""
+    from fmtl.losses import mse
+    from fmtl.models import resnet
+    from fmtl.train import Problem, fit
+    from fmtl.train.assemble import assemble
+    from fmtl.train.checkpoint import load, restore
+    from fmtl.train.fit import configure
+    from fmtl.train.world import World
+
+    g = torch.Generator().manual_seed(0)
+
+    def rows(n: int) -> TensorDict:
+        return TensorDict({"x": torch.randn(n, 3, 8, 8, generator=g), "y": torch.randn(n, 2, generator=g)}, [n])
+
+    m = resnet({"a": 1, "b": 1}, layers=(1,), widths=(4,), stem="cifar", seed=0)
+    problem = Problem.from_model(m, {"train": rows(32), "val": rows(8), "test": rows(8)}, {"a": mse, "b": mse},
+                                 {"a": "mse", "b": "mse"}, name="tiny_resnet")  # fmt: skip
+    res = fit(problem, tmp_path / "r", method="dbmtl", epochs=2, batch_size=8, stl="none", quiet=True, plots=False,
+              device="cpu")  # fmt: skip
+    assert res["steps"] == 8 and all(math.isfinite(v["mse"]) for v in res["selected"]["test"].values())
+    run = assemble(configure(problem, None, {"method": "dbmtl"}), problem, World(0, 1, None, torch.device("cpu")))
+    _, state = restore(load(tmp_path / "r" / "checkpoint.pt"), run.params, run.state)
+    mean, var = state.buffers["shared", "bn1", "mean"], state.buffers["shared", "bn1", "var"]
+    assert not torch.equal(mean, m.buffers["shared", "bn1", "mean"]) and not torch.equal(var, torch.ones_like(var))

@@ -201,3 +201,28 @@ def test_a_balancer_registered_by_the_problem_file_works_with_method(tmp_path):
     done = _fmtl(tmp_path, "train", "--problem", "my_problem.py:make", "--method", "halves", *FAST)
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "runs" / "make-halves-seed0" / "results.json").read_text())["method"] == "halves"
+
+
+def test_torchrun_trains_the_batchnorm_dropout_problem_with_replicas_kept_equal(tmp_path):
+    """2 processes: every rank normalizes with its own batch statistics, the running statistics are
+    averaged after each update, and FMTL_DISTRIBUTED_DEBUG=1 checks after every step that params and
+    state (buffers included) are the same on both ranks."""
+    import os
+
+    from test_distributed import _free_port
+
+    from fmtl import distributed
+
+    _problem_file(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", distributed.DEBUG_ENV: "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+         f"--master_port={_free_port()}", "-m", "fmtl", "train", "--problem", "my_problem.py:make", "--method",
+         "dbmtl", "--stl", "none", "--epochs", "1", "--batch-size", "16", "--data", "n=64", "--quiet",
+         "--device", "cpu", "--out", "two"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    res = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert res["world_size"] == 2 and res["steps"] == 4
+    state = load(tmp_path / "two" / "checkpoint.pt")["state"]
+    assert any(x.dtype == torch.int64 and x.dim() == 0 and int(x) == 4 for x in state)  # num_batches_tracked
