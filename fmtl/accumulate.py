@@ -10,7 +10,9 @@ so the balancer (DB-MTL's log transform, EMA ĝ_t and norms ‖ĝ_t‖) sees the
 gradients while only one micro-batch is in memory at a time. Summing the *balanced* updates of
 the micro-batches instead (what ``loss.backward()`` K times does) would balance K noisy
 micro-batch gradients and is not the same method. BatchNorm's batch statistics are per
-micro-batch, as with ``backward()`` accumulation in PyTorch.
+micro-batch, as with ``backward()`` accumulation in PyTorch; its running statistics are updated
+once per optimizer step (by the step, from the last micro-batch), where PyTorch updates them K
+times.
 """
 
 from __future__ import annotations

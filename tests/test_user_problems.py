@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import assert_bitwise_equal, final_params
+from _train_helpers import assert_bitwise_equal, crash_at_step, final_params
 
 import fmtl
 from fmtl.train import Problem, fit, problems
@@ -81,28 +81,12 @@ def test_a_batchnorm_dropout_problem_resumes_bitwise(tmp_path, monkeypatch):
                                  "model": {"width": 8}})  # fmt: skip
     train(cfg, tmp_path / "full", quiet=True, plots=False, device="cpu")
 
-    import fmtl.train.assemble
-    from fmtl.step import Step
-
-    real = fmtl.train.assemble.make_step
-
-    def crashing_make_step(*args, **kwargs):
-        step, calls = real(*args, **kwargs), []
-
-        def apply(params, state, batch):
-            calls.append(1)
-            if len(calls) == 7:  # step 7 = batch 3 of epoch 2; last checkpoint at step 6
-                raise KeyboardInterrupt
-            return step(params, state, batch)
-
-        return Step(step.init, apply)
-
-    monkeypatch.setattr(fmtl.train.assemble, "make_step", crashing_make_step)
+    undo = crash_at_step(monkeypatch, 7)  # step 7 = batch 3 of epoch 2; last checkpoint at step 6
     out = tmp_path / "crashed"
     with pytest.raises(KeyboardInterrupt):
         train(cfg, out, quiet=True, plots=False, device="cpu")
     assert load(out / "checkpoint.pt")["position"] == {"epoch": 1, "batch": 2, "step": 6}
-    monkeypatch.setattr(fmtl.train.assemble, "make_step", real)
+    undo()
     train(cfg, out, resume=True, quiet=True, plots=False, device="cpu")
     assert_bitwise_equal(final_params(tmp_path / "full"), final_params(out))
     a, b = load(tmp_path / "full" / "checkpoint.pt")["state"], load(out / "checkpoint.pt")["state"]

@@ -29,7 +29,7 @@ from . import stl
 from .problem import Problem
 from .world import World, mean_buffers
 
-__all__ = ["Run", "Steps", "assemble", "build_steps", "choose_strategy"]
+__all__ = ["Run", "Steps", "assemble", "build_steps", "choose_strategy", "strategy_of"]
 
 
 class Run(NamedTuple):
@@ -135,3 +135,19 @@ def choose_strategy(run: Run, batch: Any, chunk_size: int | None, world: World) 
 
         dist.broadcast_object_list(choice, src=0)
     return choice[0]
+
+
+def strategy_of(run: Run, cfg: Mapping[str, Any], params: TensorDict, extra: dict[str, Any], world: World) -> str:
+    """The run's task-gradient strategy: ``cfg["strategy"]``, or for ``"auto"`` the one decided once.
+
+    ``"auto"`` is measured on one micro-batch shard at the run's (restored) ``params`` the first
+    time and saved in ``extra["strategy"]`` (the checkpoint's bookkeeping), so that a resumed run
+    keeps it.
+    """
+    if cfg["strategy"] != "auto":
+        return cfg["strategy"]
+    if "strategy" not in extra:
+        train_ds, B, K = run.problem.splits["train"], int(cfg["batch_size"]), int(cfg["accumulate"])
+        shard = train_ds[torch.arange(min(len(train_ds), max(1, B // world.size // K)))].to(world.device)
+        extra["strategy"] = choose_strategy(run._replace(params=params), shard, cfg["chunk_size"], world)
+    return extra["strategy"]

@@ -26,7 +26,8 @@ from tensordict import TensorDict
 from .. import metrics as M
 from ..losses import Where, target
 
-__all__ = ["Metric", "RegressionState", "regression", "accuracy", "metric", "evaluate", "Evaluation"]
+__all__ = ["Metric", "RegressionState", "regression", "accuracy", "metric", "evaluate", "evaluate_epoch",
+           "Evaluation"]  # fmt: skip
 
 Evaluation = dict  # {"metrics": {task: {metric: value}}, "normalized": {task: value or None}}
 
@@ -199,3 +200,33 @@ def evaluate(
     values = {t: dict(zip(m.names, m.compute(states[t]), strict=True)) for t, m in metrics.items()}
     normalized = {t: m.normalized(states[t]) if m.normalized is not None else None for t, m in metrics.items()}
     return {"metrics": values, "normalized": normalized}
+
+
+def evaluate_epoch(
+    problem: Any,
+    params: TensorDict,
+    buffers: Any,
+    *,
+    batch_size: int,
+    device: torch.device | str | None = None,
+    reference: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One epoch's record: validation and test metrics of ``problem`` at ``params``, and Δp against ``reference``.
+
+    Args:
+        problem: a :class:`fmtl.train.Problem` (its ``predict`` in evaluation mode, splits, metrics).
+        params, buffers: the parameters and running statistics (``None`` without BatchNorm).
+        batch_size, device: as for :func:`evaluate`.
+        reference: STL's ``{"val", "test"}`` metrics (adds ``val_delta_p`` and ``test_delta_p``).
+    """
+    hib = {t: dict(zip(m.names, m.higher_is_better, strict=True)) for t, m in problem.metrics.items()}
+
+    def predict(batch: Any) -> Mapping[str, torch.Tensor]:
+        return problem.predict(params, buffers, batch)
+
+    rec: dict[str, Any] = {split: evaluate(predict, problem.splits[split], problem.metrics, problem.targets,
+                                           batch_size, device) for split in ("val", "test")}  # fmt: skip
+    if reference is not None:
+        rec["val_delta_p"] = M.delta_p(rec["val"]["metrics"], reference["val"], hib)
+        rec["test_delta_p"] = M.delta_p(rec["test"]["metrics"], reference["test"], hib)
+    return rec

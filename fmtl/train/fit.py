@@ -26,22 +26,21 @@ from typing import Any
 
 import torch
 
-from .. import atomic, balancers, rng
+from .. import atomic, balancers
 from ..amp import DTYPES
-from ..metrics import delta_p
 from ..optim import names as optimizers
-from . import checkpoint, problems, runs
 from . import device as devices
+from . import problems, runs
 from . import world as worlds
-from .assemble import assemble, build_steps, choose_strategy
+from .assemble import assemble, build_steps, strategy_of
 from .config import DEFAULTS, TABLES, dumps, merge
-from .evaluate import evaluate
+from .evaluate import evaluate_epoch
 from .finish import finish, results
 from .log import Log
 from .loop import TrainingDiverged, loop
 from .problem import Problem
-from .restore import restore
-from .selection import directions, stl_reference
+from .restore import Saver, restore
+from .selection import stl_reference
 
 __all__ = ["fit", "train", "configure", "check"]
 
@@ -206,60 +205,33 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
     with _rng_fork(world.device):
         torch.manual_seed(int(cfg["seed"]))  # dropout masks follow the run's seed
-        if problem is None:
-            problem = problems.build(cfg)
+        problem = problem if problem is not None else problems.build(cfg)
         run = assemble(cfg, problem, world)
-        tasks, method = run.problem.tasks, cfg["method"]
-        params, state, progress, resumed = restore(out, dict(cfg), run.params, run.state, len(tasks), world.device,
-                                                   resume)  # fmt: skip
-        if cfg["strategy"] == "auto" and "strategy" not in progress.extra:  # decided once, kept by the checkpoint
-            train_ds, B, K = run.problem.splits["train"], int(cfg["batch_size"]), int(cfg["accumulate"])
-            shard = train_ds[torch.arange(min(len(train_ds), max(1, B // world.size // K)))].to(world.device)
-            progress.extra["strategy"] = choose_strategy(run._replace(params=params), shard, cfg["chunk_size"], world)
-        strategy = progress.extra["strategy"] if cfg["strategy"] == "auto" else cfg["strategy"]
-        steps = build_steps(run, cfg, strategy, world)
-        hib = directions(run.problem.metrics)
-        ckpt = out / runs.CHECKPOINT
-        last_good = [progress.where(ckpt) if ckpt.exists() else None]
-
-        with Log(out, world.main, tensorboard, (progress.extra["metrics_bytes"] if resumed else 0) if resume
-                 else None) as log:  # fmt: skip
+        params, state, progress, resumed = restore(out, dict(cfg), run.params, run.state, len(run.problem.tasks),
+                                                   world.device, resume)  # fmt: skip
+        steps = build_steps(run, cfg, strategy_of(run, cfg, params, progress.extra, world), world)
+        truncate = (progress.extra["metrics_bytes"] if resumed else 0) if resume else None
+        reference = stl_reference if cfg["method"] != "stl" else None
+        with Log(out, world.main, tensorboard, truncate) as log:
             if world.main:
                 atomic.write(out / runs.CONFIG, dumps(cfg))
+            save = Saver(out, dict(cfg), progress, log, world.main, world.device)
 
-            def save(p: Any, s: Any) -> None:
-                if world.main:
-                    progress.extra["metrics_bytes"] = log.size()
-                    checkpoint.save(ckpt, params=p, state=s, position=progress.position, config=cfg,
-                                    history=progress.history, extra=progress.extra,
-                                    rng_state=rng.get(world.device))  # fmt: skip
-                last_good[0] = progress.where(ckpt)
-
-            def evaluate_epoch(p: Any, s: Any, epoch: int) -> dict[str, Any]:
+            def evaluate(p: Any, s: Any, epoch: int) -> dict[str, Any]:
                 buffers = s.buffers if run.problem.buffers is not None else None
-                predict = lambda batch: run.problem.predict(p, buffers, batch)  # noqa: E731
-                bs = int(cfg["eval_batch_size"])
-                ev = {split: evaluate(predict, run.problem.splits[split], run.problem.metrics, run.problem.targets,
-                                      bs, world.device) for split in ("val", "test")}  # fmt: skip
-                rec = {"epoch": epoch, "step": progress.position["step"], **ev}
-                if stl_reference is not None and method != "stl":
-                    rec["val_delta_p"] = delta_p(ev["val"]["metrics"], stl_reference["val"], hib)
-                    rec["test_delta_p"] = delta_p(ev["test"]["metrics"], stl_reference["test"], hib)
-                return rec
+                return {"epoch": epoch, "step": progress.position["step"],
+                        **evaluate_epoch(run.problem, p, buffers, batch_size=int(cfg["eval_batch_size"]),
+                                         device=world.device, reference=reference)}  # fmt: skip
 
             t0 = time.perf_counter() - float(progress.extra["wall_s"])
             try:
                 params, state = loop(cfg, run.problem, steps, params, state, progress, world=world, log=log,
-                                     save=save, evaluate=evaluate_epoch, quiet=quiet)  # fmt: skip
+                                     save=save, evaluate=evaluate, quiet=quiet)  # fmt: skip
             except TrainingDiverged as e:
-                where = f"the last good checkpoint {last_good[0]} is intact" if last_good[0] else \
-                    "no checkpoint was written yet"  # fmt: skip
-                raise TrainingDiverged(f"training diverged at {e}; {where}") from None
-            wall = time.perf_counter() - t0
-            res: dict[str, Any] = {}
-            if world.main:
-                res = results(cfg, run.problem, progress, reference=stl_reference, stl_dir=stl_dir, wall=wall,
-                              world_size=world.size, device=str(world.device))  # fmt: skip
+                raise TrainingDiverged(f"training diverged at {e}; {save.intact()}") from None
+            res = results(cfg, run.problem, progress, reference=stl_reference, stl_dir=stl_dir,
+                          wall=time.perf_counter() - t0, world_size=world.size,
+                          device=str(world.device)) if world.main else {}  # fmt: skip
         if world.main:
             finish(out, res, plots)
     world.stop()

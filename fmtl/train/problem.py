@@ -200,5 +200,9 @@ class Problem(NamedTuple):
         if targets is None:
             first = splits["train"][torch.arange(1)]
             keyed = "y" in first.keys() and isinstance(first["y"], TensorDict)
+            missing = [t for t in tasks if keyed and t not in first["y"].keys()]
+            if missing:
+                raise ValueError(f"problem {name!r}: the samples' targets y have keys {list(first['y'].keys())}, "
+                                 f"no target for tasks {missing}")  # fmt: skip
             targets = {t: ("y", t) if keyed else i for i, t in enumerate(tasks)}
         return cls.from_model(functionalize(encoder, heads), splits, losses, metrics, name=name, targets=targets)

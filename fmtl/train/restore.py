@@ -22,9 +22,10 @@ from tensordict import TensorDict
 from .. import rng
 from . import checkpoint
 from .config import differences
+from .log import Log
 from .runs import CHECKPOINT, CONFIG
 
-__all__ = ["Progress", "restore"]
+__all__ = ["Progress", "restore", "Saver"]
 
 
 @dataclass
@@ -76,3 +77,32 @@ def restore(out: Path, cfg: dict[str, Any], params: TensorDict, state: Any, num_
                         {**Progress.fresh(num_tasks).extra, **payload["extra"]})  # fmt: skip
     rng.set(rng.RNGState(payload["rng"], payload.get("rng_device")), device)
     return params, state, progress, True
+
+
+class Saver:
+    """Writes the run's checkpoint (rank 0 only) and remembers the last good one for messages.
+
+    Args:
+        out: the run directory; cfg: its configuration; progress: its progress (read at each save);
+        log: its ``metrics.jsonl`` (its size goes into the checkpoint); main: whether this rank writes;
+        device: whose random state is saved.
+    """
+
+    def __init__(self, out: Path, cfg: dict[str, Any], progress: Progress, log: Log, main: bool,
+                 device: torch.device) -> None:  # fmt: skip
+        self.path, self.cfg, self.progress, self.log, self.main, self.device = out / CHECKPOINT, cfg, progress, \
+            log, main, device  # fmt: skip
+        self.last_good = progress.where(self.path) if self.path.exists() else None
+
+    def __call__(self, params: TensorDict, state: Any) -> None:
+        if self.main:
+            self.progress.extra["metrics_bytes"] = self.log.size()
+            checkpoint.save(self.path, params=params, state=state, position=self.progress.position, config=self.cfg,
+                            history=self.progress.history, extra=self.progress.extra,
+                            rng_state=rng.get(self.device))  # fmt: skip
+        self.last_good = self.progress.where(self.path)
+
+    def intact(self) -> str:
+        """What is left after a failure: the last good checkpoint, or that none was written."""
+        return f"the last good checkpoint {self.last_good} is intact" if self.last_good else \
+            "no checkpoint was written yet"  # fmt: skip
