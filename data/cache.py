@@ -1,25 +1,24 @@
 """Where parsed datasets are cached, and how a cache file is written and read safely.
 
 Cache files are plain ``dict[str, Tensor]`` saved with :func:`torch.save` and read back with
-``torch.load(..., weights_only=True)`` only (no arbitrary unpickling). Writes are atomic: the
-file is written to a temporary name in the same directory, then ``os.replace``-d into place, so
-a crash never leaves a half-written cache behind. Each file also stores the SHA-256 of its
-tensors (:func:`fmtl.checksum.checksum`, as a ``uint8`` tensor of 32 bytes) under the key
-``"__sha256__"``; a file whose tensors do
-not match it (a flipped bit: ``torch.load`` does not check) or that has none is rebuilt, with a
-warning naming it.
+``torch.load(..., weights_only=True)`` only (no arbitrary unpickling). Writes are atomic
+(:func:`fmtl.atomic.write`: temporary file, fsync, ``os.replace``), so a crash never leaves a
+half-written cache behind. Each file also stores the SHA-256 of its tensors
+(:func:`fmtl.checksum.checksum`, as a ``uint8`` tensor of 32 bytes) under the key
+``"__sha256__"``; a file whose tensors do not match it (a flipped bit: ``torch.load`` does not
+check) or that has none is rebuilt, with a warning naming it.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
-from fmtl.checksum import checksum
+from .. import atomic
+from ..checksum import checksum
 
 __all__ = ["cache_dir", "save_tensors", "load_tensors"]
 
@@ -58,17 +57,10 @@ def save_tensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor])
         raise ValueError(f"{_CHECKSUM!r} is reserved for the cache file's checksum")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        atomic.write(path, lambda f: torch.save({**tensors, _CHECKSUM: _digest(tensors)}, f))
     except OSError as err:
         warnings.warn(f"fmtl.data: cannot write cache {path} ({err}); not caching", stacklevel=2)
         return False
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({**tensors, _CHECKSUM: _digest(tensors)}, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return True
 
 

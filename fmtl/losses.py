@@ -22,10 +22,30 @@ __all__ = [
     "mae",
     "make_loss_fn",
     "make_multi_input_loss_fn",
+    "target",
+    "Where",
 ]
 
 Tensor = torch.Tensor
 Loss = Callable[[Tensor, Tensor], Tensor]
+#: Where a task's target lives in a batch: a column of ``batch["y"]`` (``int``) or a key (``str``, or a
+#: tuple for a nested key such as ``("y", "depth")``).
+Where = int | str | tuple[str, ...]
+
+
+def target(batch: TensorDict, where: Where) -> Tensor:
+    """Task t's target in ``batch``: column ``where`` of ``batch["y"]`` kept as ``[B, 1]``, or ``batch[where]``.
+
+    Example:
+        >>> import torch
+        >>> b = TensorDict({"y": torch.arange(6.0).view(3, 2), "seg": torch.zeros(3, 4)}, [3])
+        >>> target(b, 1).tolist(), target(b, "seg").shape
+        ([[1.0], [3.0], [5.0]], torch.Size([3, 4]))
+    """
+    if isinstance(where, int):
+        y = batch["y"]
+        return y.reshape(-1, 1) if y.dim() == 1 and where == 0 else y[:, where : where + 1]
+    return batch[where]
 
 
 def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -1) -> Tensor:
@@ -125,7 +145,7 @@ def make_loss_fn(
     apply: Callable[..., dict[str, Tensor]],
     losses: Mapping[str, Loss],
     *,
-    targets: Mapping[str, str | int] | None = None,
+    targets: Mapping[str, Where] | None = None,
     input_key: str | None = "x",
     key: str | None = None,
 ) -> Callable[[TensorDict, TensorDict], Tensor]:
@@ -136,9 +156,10 @@ def make_loss_fn(
     Args:
         apply: a model's pure ``apply(params, x) -> {task: prediction}``.
         losses: ``{task: loss(pred, target)}`` in task order (must match ``params["tasks"]``).
-        targets: where task t's target lives: a key of the batch (``str``) or a column of
-            ``batch["y"]`` (``int``; the column is kept as [B, 1] to match a width-1 head).
-            Default: the task's position in ``losses`` as a column of ``batch["y"]``.
+        targets: where task t's target lives (:func:`target`): a key of the batch (``str`` or a
+            nested-key tuple) or a column of ``batch["y"]`` (``int``; the column is kept as [B, 1]
+            to match a width-1 head). Default: the task's position in ``losses`` as a column of
+            ``batch["y"]``.
         input_key: batch key of the model input; ``None`` passes the whole batch (graph
             models such as :func:`fmtl.models.qm9_gnn`).
         key: batch key of the per-sample dropout seeds (int64 [B]) passed as
@@ -156,7 +177,7 @@ def make_loss_fn(
         torch.Size([2])
     """
     names = list(losses)
-    where: dict[str, str | int] = {t: i for i, t in enumerate(names)}
+    where: dict[str, Where] = {t: i for i, t in enumerate(names)}
     where.update(dict(targets or {}))
     fns = [losses[t] for t in names]
 
@@ -166,9 +187,7 @@ def make_loss_fn(
         out = apply(params, x) if seeds is None else apply(params, x, key=seeds)
         ls = []
         for t, fn in zip(names, fns, strict=True):
-            w = where[t]
-            y = batch["y"][:, w : w + 1] if isinstance(w, int) else batch[w]
-            ls.append(fn(out[t], y))
+            ls.append(fn(out[t], target(batch, where[t])))
         return torch.stack(ls)
 
     return loss_fn

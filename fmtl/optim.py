@@ -28,7 +28,7 @@ from tensordict import TensorDict
 
 from .tree import leaves_at, with_leaves
 
-__all__ = ["Optimizer", "SGDState", "AdamState", "sgd", "adam", "adamw", "require_functional"]
+__all__ = ["Optimizer", "SGDState", "AdamState", "sgd", "adam", "adamw", "get", "names", "require_functional"]
 
 LearningRate = float | torch.Tensor | Callable[[torch.Tensor], torch.Tensor | float]
 
@@ -271,3 +271,37 @@ def adamw(
         tensor([-0.0500])
     """
     return _adam(lr, betas, eps, weight_decay, decoupled=True)
+
+
+_FACTORIES: dict[str, Callable[..., Optimizer]] = {"adam": adam, "adamw": adamw, "sgd": sgd}
+
+
+def names() -> list[str]:
+    """The optimizer names :func:`get` accepts.
+
+    Example:
+        >>> names()
+        ['adam', 'adamw', 'sgd']
+    """
+    return sorted(_FACTORIES)
+
+
+def get(name: str, lr: LearningRate, **hyperparameters: Any) -> Optimizer:
+    """The functional optimizer called ``name`` (one of :func:`names`), e.g. ``get("adam", 1e-3)``.
+
+    Args:
+        name: ``"adam"``, ``"adamw"`` or ``"sgd"``.
+        lr: the learning rate (a number, a 0-d tensor or a schedule of the step count).
+        **hyperparameters: the factory's other arguments (``weight_decay``, ``betas``, ``momentum`` …).
+
+    Example:
+        >>> get("sgd", 0.1, momentum=0.9).init.__qualname__
+        'sgd.<locals>.init'
+        >>> get("lion", 0.1)
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown optimizer 'lion'; valid: adam, adamw, sgd
+    """
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(names())}")
+    return _FACTORIES[name](lr, **hyperparameters)

@@ -10,23 +10,32 @@ from tensordict import TensorDict
 from torch.func import vjp
 from torch.utils import _pytree as pytree
 
+from . import rng
 from .base import Balancer, TaskGradients
 from .optim import Optimizer, require_functional
 from .params import check_params, task_names
 from .task_gradients import LossFn, checked_loss, task_gradients
 from .tree import gramian, leaves, row_norms
 
-__all__ = ["StepState", "Step", "make_step", "Reduce"]
+__all__ = ["StepState", "Step", "make_step", "Reduce", "BufferUpdate"]
 
 Reduce = Callable[[Any], Any]
+#: ``update_buffers(params, buffers, batch) -> buffers``: running statistics after one batch.
+BufferUpdate = Callable[[TensorDict, Any, Any], Any]
 
 
 class StepState(NamedTuple):
-    """The step's state: its count (0-d int64), the balancer's and the optimizer's states."""
+    """The step's state: its count (0-d int64), the balancer's and optimizer's states, the model's buffers.
+
+    ``buffers`` holds what the model carries besides its parameters (BatchNorm running
+    statistics), ``()`` for a model without any; it travels with the state so that the step stays
+    ``(params, state, batch) -> (params, state, info)`` and checkpoints hold it like any state.
+    """
 
     count: torch.Tensor
     balancer: Any
     optimizer: Any
+    buffers: Any = ()
 
 
 class Step:
@@ -75,10 +84,11 @@ def _check_state(params: TensorDict, state: Any, init: Callable, layouts: dict |
         want = _state_layout(init(params))
         if layouts is not None:
             layouts[key] = want
-    got = _state_layout(state)
+    bare = state._replace(buffers=())  # the model's buffers are checked by the buffer update itself
+    got = _state_layout(bare)
     if got != want:
         raise ValueError(
-            f"state does not match params: {_layout_mismatch(state, got, want)}; build it with step.init(params)"
+            f"state does not match params: {_layout_mismatch(bare, got, want)}; build it with step.init(params)"
         )
 
 
@@ -134,6 +144,7 @@ def make_step(
     strategy: str = "auto",
     chunk_size: int | None = None,
     diagnostics: bool = False,
+    update_buffers: BufferUpdate | None = None,
 ) -> Step:
     """Builds the pure MTL training step ``step(params, state, batch) -> (params, state, info)``.
 
@@ -173,6 +184,15 @@ def make_step(
         strategy, chunk_size: passed to :func:`task_gradients`.
         diagnostics: also compute the cosines (and, for loss balancers, the task gradients
             and their norms); the update is the same either way.
+        update_buffers: ``update_buffers(params, buffers, batch) -> buffers`` for a model with
+            running statistics (BatchNorm), e.g. ``lambda p, b, batch: model.update(p, b, batch["x"])``
+            with ``model = fmtl.functionalize(...)``; ``step.init(params, model.buffers)`` puts
+            them in ``state.buffers``. The gradient pass normalizes with batch statistics (pure);
+            the running statistics are then updated once per step, outside the gradient pass,
+            by this no-grad forward at the step's input params (as ``nn.BatchNorm`` does in the
+            training forward). Eagerly it replays the random state of the step's first forward,
+            so its dropout masks are the gradient pass's; a compiled step cannot read the random
+            state (dynamo does not trace ``torch.get_rng_state``) and draws its own masks there.
 
     Example:
         >>> import torch, fmtl
@@ -196,10 +216,11 @@ def make_step(
 
     layouts: dict = {}
 
-    def init(params: TensorDict) -> StepState:
+    def init(params: TensorDict, buffers: Any = ()) -> StepState:
         check_params(params)
         count = torch.zeros((), dtype=torch.int64, device=next(iter(leaves(params))).device)
-        return StepState(count, balancer.init(params, len(task_names(params))), optimizer.init(params))
+        buffers = () if buffers is None else buffers
+        return StepState(count, balancer.init(params, len(task_names(params))), optimizer.init(params), buffers)
 
     def gradient_method(params, state, batch):
         grads = task_gradients(loss_fn, params, batch, strategy=strategy, chunk_size=chunk_size)
@@ -254,6 +275,9 @@ def make_step(
             _check_state(params, state, init, layouts)
         names = task_names(params)
         T = len(names)
+        device = next(iter(leaves(params))).device
+        replay = update_buffers is not None and not compiling
+        before = rng.get(device) if replay else None
         if loss_only:
             losses, grads, g, bstate, binfo = loss_method(params, state, batch)
             G, norms = _norms(grads)
@@ -268,7 +292,15 @@ def make_step(
             cosine = _nans(losses, T, T)
         updates, ostate = optimizer.update(g, state.optimizer, params)
         new_params = params + updates
-        new_state = StepState(state.count + 1, bstate, ostate)
+        new_buffers = state.buffers
+        if update_buffers is not None:
+            after = rng.get(device) if replay else None
+            if replay:
+                rng.set(before, device)  # the masks of the step's first forward
+            new_buffers = update_buffers(params, state.buffers, batch)
+            if replay:
+                rng.set(after, device)
+        new_state = StepState(state.count + 1, bstate, ostate, new_buffers)
         ok = torch.isfinite(losses).all() & _all_finite(updates)
         if compiling:
             new_params = _select(ok, new_params, params)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -45,3 +46,25 @@ def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
 
 def results(out: Path) -> dict:
     return json.loads((Path(out) / "results.json").read_text())
+
+
+def crash_at_step(monkeypatch, n: int) -> Callable[[], None]:
+    """Makes the n-th step of the next training runs raise KeyboardInterrupt (a kill); returns the undo."""
+    import fmtl.train.assemble
+    from fmtl.step import Step
+
+    real = fmtl.train.assemble.make_step
+
+    def crashing_make_step(*args, **kwargs):
+        step, calls = real(*args, **kwargs), []
+
+        def apply(params, state, batch):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return step(params, state, batch)
+
+        return Step(step.init, apply)
+
+    monkeypatch.setattr(fmtl.train.assemble, "make_step", crashing_make_step)
+    return lambda: monkeypatch.setattr(fmtl.train.assemble, "make_step", real)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from _corrupt import flip_tensor_byte, tensor_records
-from _train_helpers import TINY, assert_bitwise_equal, final_params, tiny_config
+from _train_helpers import TINY, assert_bitwise_equal, crash_at_step, final_params, tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tensordict import TensorDict
@@ -295,28 +295,12 @@ def test_resume_mid_epoch_from_a_step_checkpoint(tmp_path, monkeypatch):
     cfg = tiny_config(method="dbmtl", epochs=2, checkpoint_every=4)
     train(cfg, tmp_path / "full", quiet=True, plots=False)
 
-    import fmtl.train.loop
-    from fmtl.step import Step
-
-    real = fmtl.train.loop.make_step
-
-    def crashing_make_step(*args, **kwargs):
-        step, calls = real(*args, **kwargs), []
-
-        def apply(params, state, batch):
-            calls.append(1)
-            if len(calls) == 11:  # step 11 = batch 5 of epoch 2; last checkpoint at step 8
-                raise KeyboardInterrupt
-            return step(params, state, batch)
-
-        return Step(step.init, apply)
-
-    monkeypatch.setattr(fmtl.train.loop, "make_step", crashing_make_step)
+    undo = crash_at_step(monkeypatch, 11)  # step 11 = batch 5 of epoch 2; last checkpoint at step 8
     out = tmp_path / "crashed"
     with pytest.raises(KeyboardInterrupt):
         train(cfg, out, quiet=True, plots=False)
     assert checkpoint.load(out / "checkpoint.pt")["position"] == {"epoch": 1, "batch": 2, "step": 8}
-    monkeypatch.setattr(fmtl.train.loop, "make_step", real)
+    undo()
     train(cfg, out, resume=True, quiet=True, plots=False)
     assert_bitwise_equal(final_params(tmp_path / "full"), final_params(out))
 

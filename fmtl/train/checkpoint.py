@@ -12,8 +12,8 @@ weights_only=True)`` can read it and no code is ever unpickled):
   ``history`` (per-epoch evaluations) and ``extra`` (bookkeeping such as the size of
   ``metrics.jsonl`` at save time).
 
-Writes go to a temporary file in the same directory, are fsync'ed, then ``os.replace``-d over
-the old checkpoint: a process killed at any moment leaves either the old or the new file.
+Writes are atomic (:func:`fmtl.atomic.write`: temporary file, fsync, ``os.replace``): a process
+killed at any moment leaves either the old or the new file.
 
 Integrity: ``checksum`` holds the SHA-256 of everything else (:func:`fmtl.checksum.checksum`:
 tensors by their bytes, the rest by value), because ``torch.load`` does not check its records'
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ import torch
 from tensordict import TensorDict
 from torch.utils import _pytree as pytree
 
+from .. import atomic, rng
 from ..checksum import checksum
 
 __all__ = ["FORMAT", "VERSION", "CheckpointError", "save", "load", "restore"]
@@ -50,8 +50,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: unreadable, corrupt, foreign, or for another model."""
 
 
+def _host(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().to("cpu", copy=True)  # a checkpoint holds CPU tensors: it loads on any device
+
+
 def _flat(params: TensorDict) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in params.flatten_keys(".").items()}
+    return {k: _host(v) for k, v in params.flatten_keys(".").items()}
 
 
 def _count(v: Any) -> bool:
@@ -101,6 +105,9 @@ def _problems(payload: Mapping[str, Any]) -> str | None:
             return f"position[{k!r}] is {position[k]!r}; it must be an int >= 0"
     if not _rng_ok(payload["rng"]):
         return "'rng' is not a state of torch's CPU generator"
+    device_rng = payload.get("rng_device")
+    if device_rng is not None and not (isinstance(device_rng, torch.Tensor) and device_rng.dtype == torch.uint8):
+        return "'rng_device' is not a generator state (a uint8 tensor)"
     for name in ("config", "extra"):
         if not _str_keys(payload[name]):
             return f"{name!r} must be a dict with str keys; it is a {type(payload[name]).__name__}"
@@ -121,8 +128,12 @@ def save(
     config: Mapping[str, Any],
     history: list,
     extra: Mapping[str, Any] | None = None,
+    rng_state: rng.RNGState | None = None,
 ) -> None:
     """Writes a checkpoint atomically (temp file in the same directory, fsync, ``os.replace``).
+
+    Tensors are stored on the CPU; ``rng_state`` (default: the CPU generator's) is the random state
+    to resume from — ``rng`` holds the CPU generator's, ``rng_device`` an accelerator's.
 
     Example:
         >>> import tempfile, torch
@@ -139,35 +150,20 @@ def save(
         "format": FORMAT,
         "version": VERSION,
         "params": _flat(params),
-        "state": [x.detach().clone() if isinstance(x, torch.Tensor) else x for x in pytree.tree_leaves(state)],
+        "state": [_host(x) if isinstance(x, torch.Tensor) else x for x in pytree.tree_leaves(state)],
         "position": {k: int(v) for k, v in position.items()},
-        "rng": torch.get_rng_state(),
+        "rng": (rng_state or rng.get()).cpu,
         "config": dict(config),
         "history": list(history),
         "extra": dict(extra or {}),
     }
+    if rng_state is not None and rng_state.device is not None:
+        payload["rng_device"] = rng_state.device
     problem = _problems(payload)
     if problem is not None:  # never write what load would refuse
         raise ValueError(f"refusing to write checkpoint {path}: {problem}")
     payload["checksum"] = checksum(payload)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    atomic.write(path, lambda f: torch.save(payload, f))
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -226,7 +222,7 @@ def restore(payload: Mapping[str, Any], params: TensorDict, state: Any) -> tuple
 
     ``params`` and ``state`` are what the run would start from (the model's initial params and
     ``step.init(params)``); every key, shape and dtype must match or :class:`CheckpointError`
-    says what differs.
+    says what differs. The saved tensors are moved to the templates' devices.
 
     Example:
         >>> import torch
@@ -237,7 +233,7 @@ def restore(payload: Mapping[str, Any], params: TensorDict, state: Any) -> tuple
         >>> p2["shared", "w"], s2
         (tensor([1., 1.]), (tensor(4),))
     """
-    want = _flat(params)
+    want = dict(params.flatten_keys(".").items())
     got = payload["params"]
     if set(got) != set(want):
         extra, missing = sorted(set(got) - set(want))[:5], sorted(set(want) - set(got))[:5]
@@ -256,7 +252,7 @@ def restore(payload: Mapping[str, Any], params: TensorDict, state: Any) -> tuple
         raise CheckpointError(f"checkpoint extra['epoch_loss_sum'] has {len(sums)} entries; this model has {T} tasks")
     new_params = params.clone()
     for k, v in got.items():
-        new_params[tuple(k.split("."))] = v
+        new_params[tuple(k.split("."))] = v.to(want[k].device)
     leaves, spec = pytree.tree_flatten(state)
     saved = payload["state"]
     shapes_ok = len(saved) == len(leaves) and all(
@@ -265,4 +261,4 @@ def restore(payload: Mapping[str, Any], params: TensorDict, state: Any) -> tuple
     )
     if not shapes_ok:
         raise CheckpointError("checkpoint step state does not match this method/optimizer (different state layout)")
-    return new_params, pytree.tree_unflatten(list(saved), spec)
+    return new_params, pytree.tree_unflatten([a.to(b.device) for a, b in zip(saved, leaves, strict=True)], spec)

@@ -20,10 +20,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import torch
+
+from .. import atomic
 from . import runs
 from .config import nest_opts, parse_value
-from .loop import write_atomic
+from .fit import fit
 from .plots import plot_delta_p
+from .problems import label as problem_label
 from .report import aggregate, compare_table, compare_tex
 
 __all__ = ["Row", "Job", "split_opts", "parse_variant", "expand_rows", "plan", "compare", "REFERENCE"]
@@ -158,6 +162,7 @@ def compare(
     variants: Sequence[Row] = (),
     overwrite: bool = False,
     quiet: bool = False,
+    device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Runs (or reuses) every row and seed, then writes and returns the comparison table.
 
@@ -168,6 +173,7 @@ def compare(
         seeds: seeds 0 … seeds−1.
         out: the comparison's directory.
         variants: extra rows (:func:`parse_variant`).
+        overwrite, quiet, device: as for :func:`fmtl.train.fit`.
 
     Returns:
         ``{"markdown", "csv", "tex", "rows", "paths"}``.
@@ -181,27 +187,29 @@ def compare(
             print(f"fmtl: run {i} of {len(jobs)}: {job.label} seed {job.seed}", flush=True)
         seed_cfg = {**base, "seed": job.seed, "opts": {}}
         stl_dir = out / REFERENCE / f"seed{job.seed}"
+        run_dir = out / job.label / f"seed{job.seed}"
         if job.label == REFERENCE:
-            res, reused = runs.run(runs.stl_config(seed_cfg), stl_dir, resume=True, overwrite=overwrite, quiet=quiet)
+            res = fit(None, stl_dir, config=runs.stl_config(seed_cfg), resume=True, overwrite=overwrite, quiet=quiet,
+                      device=device)  # fmt: skip
         else:
-            res, reused = runs.run({**seed_cfg, "method": job.method, "opts": job.opts}, out / job.label /
-                                   f"seed{job.seed}", resume=True, overwrite=overwrite, stl=str(stl_dir),
-                                   quiet=quiet)  # fmt: skip
-        if reused and not quiet:
-            print(f"fmtl: reusing the finished run {out / job.label / f'seed{job.seed}'}", flush=True)
+            res = fit(None, run_dir, config={**seed_cfg, "method": job.method, "opts": job.opts}, resume=True,
+                      overwrite=overwrite, stl=str(stl_dir), quiet=quiet, device=device)  # fmt: skip
+        if res.pop("reused") and not quiet:
+            print(f"fmtl: reusing the finished run {run_dir}", flush=True)
         results[job.label].append(res)
     table = {name: aggregate(rs) for name, rs in results.items()}
     table[REFERENCE]["delta_p"] = (0.0, 0.0)
     template = results[REFERENCE][0]
     markdown, csv_text = compare_table(table, template, reference=REFERENCE)
     s = f"{seeds} seed{'s' if seeds > 1 else ''}"
-    title = f"{base['benchmark']}: test metrics (mean over {s}), Δp vs STL"
+    name = problem_label(base["benchmark"])
+    title = f"{name}: test metrics (mean over {s}), Δp vs STL"
     tex = compare_tex(table, template, reference=REFERENCE, caption=title)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "table.md", f"{title}\n\n{markdown}\n")
-    write_atomic(out / "table.csv", csv_text)
-    write_atomic(out / "table.tex", tex + "\n")
+    atomic.write(out / "table.md", f"{title}\n\n{markdown}\n")
+    atomic.write(out / "table.csv", csv_text)
+    atomic.write(out / "table.tex", tex + "\n")
     png = plot_delta_p({k: v["delta_p"] for k, v in table.items() if k != REFERENCE}, out / "delta_p.png",
-                       title=f"{base['benchmark']}: Δp vs STL ({s})")  # fmt: skip
+                       title=f"{name}: Δp vs STL ({s})")  # fmt: skip
     return {"markdown": f"{title}\n\n{markdown}", "csv": csv_text, "tex": tex, "rows": table,
             "paths": [out / "table.md", out / "table.csv", out / "table.tex", png]}  # fmt: skip

@@ -28,8 +28,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["DEFAULTS", "TABLES", "RECORDS", "parse_value", "parse_pairs", "load_toml", "dumps", "merge",
-           "nest_opts"]  # fmt: skip
+__all__ = ["DEFAULTS", "TABLES", "RECORDS", "RESUMABLE", "parse_value", "parse_pairs", "load_toml", "dumps",
+           "merge", "nest_opts", "differences"]  # fmt: skip
 
 #: Every top-level setting and its default; ``None`` means "the benchmark's default".
 DEFAULTS: dict[str, Any] = {
@@ -54,6 +54,8 @@ DEFAULTS: dict[str, Any] = {
 TABLES = ("opts", "data", "model")
 #: Top-level keys a ``config.toml`` may hold for the record only (not settings; not compared).
 RECORDS = ("fmtl_version", "environment")
+#: Settings a run may change and still be the same run (``--resume DIR --epochs N`` trains longer).
+RESUMABLE = ("epochs",)
 
 
 def parse_value(text: str) -> Any:
@@ -193,3 +195,17 @@ def dumps(cfg: Mapping[str, Any]) -> str:
         return tomli_w.dumps(_without_none(cfg))
     except TypeError as e:
         raise TypeError(f"cannot write the configuration to TOML: {e}") from None
+
+
+def differences(saved: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str] = RESUMABLE) -> list[str]:
+    """The settings in which two resolved configurations differ, except ``ignore``: ``[]`` for the same run.
+
+    The one "same run" test of fmtl: an output directory (:mod:`fmtl.train.runs`) and a
+    checkpoint (:mod:`fmtl.train.restore`) belong to a run exactly when this is empty.
+
+    Example:
+        >>> differences({"method": "ew", "epochs": 2, "lr": 0.1}, {"method": "ew", "epochs": 5, "lr": 0.2})
+        ['lr']
+    """
+    skip = set(ignore)
+    return sorted(k for k in set(saved) | set(new) if k not in skip and saved.get(k) != new.get(k))

@@ -10,9 +10,9 @@ Instead of T runs, the T copies of the parameters are stacked along a leading *m
 
 Member t's loss is its own task's loss (the diagonal), and members share no parameters, so
 the gradient of Σ_t L_{t,t} restricted to member t is exactly ∇ℓ_t of a single-task model.
-The ensemble is an ordinary fmtl model — ``params["shared"]["members"]`` holds the stack
-(``batch_size=[T]``) and ``params["tasks"][t]`` holds only an empty placeholder (TensorDict
-arithmetic drops empty sub-trees) — so ``make_step`` with equal
+The ensemble is an ordinary fmtl problem (:func:`ensemble`) — ``params["shared"]["members"]``
+holds the stack (``batch_size=[T]``) and ``params["tasks"][t]`` holds only an empty placeholder
+(TensorDict arithmetic drops empty sub-trees) — so ``make_step`` with equal
 weighting (one backward of Σ_t ℓ_t) trains all T models at once, with the same checkpoints,
 progress and logs as any MTL run. Element-wise optimizers (SGD, Adam) then act on each member
 exactly as they would on a separate model.
@@ -20,13 +20,13 @@ exactly as they would on a separate model.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 import torch
 from tensordict import TensorDict
 from torch.func import vmap
 
-from ..task_gradients import LossFn
+from .problem import Problem
 
 __all__ = ["ensemble", "member", "stack"]
 
@@ -57,40 +57,35 @@ def member(params: TensorDict, t: int) -> TensorDict:
     return params["shared", "members"][t]
 
 
-def ensemble(
-    params: TensorDict,
-    apply: Callable[..., dict[str, torch.Tensor]],
-    loss_fn: LossFn,
-    tasks: tuple[str, ...],
-    input_key: str | None = "x",
-) -> tuple[TensorDict, LossFn, Callable[[TensorDict, TensorDict], dict[str, torch.Tensor]]]:
-    """The STL ensemble of a multi-task model: stacked params, its loss and its predictions.
+def ensemble(problem: Problem) -> Problem:
+    """The STL ensemble of a multi-task problem: one problem whose T members are single-task models.
 
     Every member starts from the same initial parameters (the MTL model's), so member t is the
-    single-task model a separate run with the same seed would train.
-
-    Args:
-        params: the multi-task model's parameters (``"shared"``, ``"tasks"``).
-        apply: the model's pure ``apply(params, x) -> {task: prediction}``.
-        loss_fn: the model's ``loss_fn(params, batch) -> Tensor[T]``.
-        tasks: task order (member t is trained on ``tasks[t]``).
-        input_key: batch key of the model input (``None``: the whole batch).
+    single-task model a separate run with the same seed would train. Dropout draws its own masks
+    for each member (``vmap(randomness="different")``), as T separate runs would; BatchNorm
+    members keep their own running statistics (``buffers`` stacked like the parameters), updated
+    member after member (a deviation from one joint forward: with dropout, the statistics pass of
+    the ensemble draws fresh masks instead of replaying the gradient pass's).
 
     Returns:
-        ``(ens_params, ens_loss_fn, ens_predict)``: ``ens_loss_fn(p, batch)[t]`` is member t's
-        loss on task t; ``ens_predict(p, batch)[task_t]`` is member t's prediction.
+        A :class:`fmtl.train.Problem` with the stacked parameters: ``loss_fn(p, batch)[t]`` is
+        member t's loss on task t; ``predict(p, buffers, batch)[task_t]`` is member t's prediction.
 
     Example:
         >>> import torch
         >>> from tensordict import TensorDict
         >>> from fmtl.models import mlp_hps
-        >>> from fmtl.losses import make_loss_fn, mse
+        >>> from fmtl.losses import mse
         >>> m = mlp_hps(3, hidden=(4,), tasks={"a": 1, "b": 1}, seed=0)
-        >>> p, loss, predict = ensemble(m.params, m.apply, make_loss_fn(m.apply, {"a": mse, "b": mse}), ("a", "b"))
-        >>> batch = TensorDict({"x": torch.randn(5, 3), "y": torch.randn(5, 2)}, [5])
-        >>> loss(p, batch).shape, predict(p, batch)["b"].shape
+        >>> rows = lambda n: TensorDict({"x": torch.randn(n, 3), "y": torch.randn(n, 2)}, [n])
+        >>> mtl = Problem.from_model(m, {"train": rows(8), "val": rows(4), "test": rows(4)}, {"a": mse, "b": mse},
+        ...                          {"a": "mse", "b": "mse"}, name="toy")
+        >>> stl = ensemble(mtl)
+        >>> batch = rows(5)
+        >>> stl.loss_fn(stl.params, batch).shape, stl.predict(stl.params, None, batch)["b"].shape
         (torch.Size([2]), torch.Size([5, 1]))
     """
+    tasks, params, loss_fn = problem.tasks, problem.params, problem.loss_fn
     T = len(tasks)
     like = next(iter(params.values(True, True)))
     ens = TensorDict(
@@ -98,14 +93,26 @@ def ensemble(
          "tasks": TensorDict({t: TensorDict({"none": like.new_zeros(0)}, []) for t in tasks}, [])},
         [],
     )  # fmt: skip
+    buffers = stack(problem.buffers, T) if problem.buffers is not None else None
 
     def ens_loss(p: TensorDict, batch: TensorDict) -> torch.Tensor:
-        all_losses = vmap(loss_fn, in_dims=(0, None))(p["shared", "members"], batch)  # [member, task]
-        return torch.diagonal(all_losses)
+        all_losses = vmap(loss_fn, in_dims=(0, None), randomness="different")(p["shared", "members"], batch)
+        return torch.diagonal(all_losses)  # [member, task] -> member t's loss on task t
 
-    def ens_predict(p: TensorDict, batch: TensorDict) -> dict[str, torch.Tensor]:
-        x = batch if input_key is None else batch[input_key]
-        out = vmap(lambda q: apply(q, x), in_dims=0)(p["shared", "members"])
+    def ens_predict(p: TensorDict, b: Any, batch: TensorDict) -> dict[str, torch.Tensor]:
+        members = p["shared", "members"]
+        out = vmap(lambda q, qb: problem.predict(q, qb, batch), in_dims=(0, 0 if b is not None else None))(members, b)
         return {t: out[t][i] for i, t in enumerate(tasks)}
 
-    return ens, ens_loss, ens_predict
+    update = None
+    if problem.update_buffers is not None:
+
+        def update(p: TensorDict, b: TensorDict, batch: TensorDict) -> TensorDict:
+            # Member by member, not vmapped: nn.BatchNorm(momentum=None) reads its step count with
+            # .item(), which vmap cannot batch. No gradients here, so the T forwards are cheap.
+            members = p["shared", "members"]
+            new = [problem.update_buffers(members[m], b[m], batch) for m in range(T)]
+            return new[0].apply(lambda *xs: torch.stack(xs), *new[1:], batch_size=[T])
+
+    return problem._replace(name=f"{problem.name}-stl", params=ens, loss_fn=ens_loss, predict=ens_predict,
+                            buffers=buffers, update_buffers=update)  # fmt: skip
