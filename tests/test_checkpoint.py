@@ -364,7 +364,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
 def test_stale_temp_files_of_a_killed_run_are_removed_on_the_next_start(unfinished_run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(unfinished_run, out)
-    stale = [out / ".checkpoint.pt.k1ll3d.tmp", out / ".config.toml.tmp", out / ".results.json.tmp"]
+    stale = [out / ".checkpoint.pt.k1ll3d.tmp", out / ".config.toml.a1b2.tmp", out / ".results.json.c3d4.tmp"]
     for p in stale:
         p.write_bytes(b"half-written")
     keep = out / ".mine.tmp"  # not fmtl's

@@ -10,8 +10,8 @@ import math
 import pytest
 from _train_helpers import tiny_config
 
-from fmtl.train.compare import Row, expand_rows, parse_variant, plan
 from fmtl.train import train
+from fmtl.train.compare import Row, expand_rows, parse_variant, plan
 from fmtl.train.plots import plot_run, read_metrics, task_styles
 from fmtl.train.report import aggregate, compare_table, compare_tex, mean_normalized_loss
 
