@@ -23,7 +23,7 @@ from typing import Any
 
 from ..amp import DTYPES
 from ..optim import names as optim_names
-from .config import DEFAULTS, load_toml, merge, parse_pairs
+from .config import DEFAULTS, for_method, load_toml, merge, parse_pairs
 
 __all__ = ["main", "build_parser", "config_from_args"]
 
@@ -174,7 +174,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.epochs is not None:
             cfg["epochs"] = args.epochs
     else:
-        cfg = config_from_args(args)
+        cfg = for_method(config_from_args(args))  # a shared file's [opts.METHOD] tables (as fmtl tune writes)
         out = Path(args.out) if args.out else default_out(cfg)
     check(cfg)
     _set_threads(args, cfg)
