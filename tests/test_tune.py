@@ -112,6 +112,7 @@ def test_tune_selects_on_validation_reuses_runs_and_writes_a_reusable_config(tmp
     (["--grid-preset", "paper"], ["paper-beta"]),
     (["--grid-preset", "paper-beta", "--method", "pcgrad"], ["dbmtl", "pcgrad"]),
     (["--grid", "c=0.1", "--method", "stl"], ["stl"]),
+    (["--grid", 'alpha="a b","a_b"'], ["alphaa_b"]),  # two values, one directory
 ])  # fmt: skip
 def test_bad_grids_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, grid, names):
     out = tmp_path / "t"
@@ -146,6 +147,20 @@ def test_the_paper_beta_grid_is_section_4_1s_and_shares_its_runs_with_fig5():
     assert len(fig5) == 19  # β ∈ {0, 0.1, …, 0.9} and {0.1, …, 0.9}/k^0.5
     for p in points:  # the same directory for the same configuration
         assert fig5[point_label(p)] == p
+
+
+def test_a_tuned_point_is_the_run_fig5_would_train(tmp_path, no_run_plots):
+    from fmtl.train.compare import REFERENCE
+    from fmtl.train.fit import configure
+    from fmtl.train.runs import prepare
+
+    out = tmp_path / "shared"
+    assert main(["tune", *FAST, "--grid", "beta=0.1", "--grid", "beta_sigma=0.0", "--out", str(out)]) == 0
+    base = config_from_args(build_parser().parse_args(["compare", *FAST, "--preset", "fig5"]))
+    row = {r.label: r for r in presets.variants("fig5")}["beta0.1-beta_sigma0.0"]
+    run = configure(None, {**base, "seed": 0, "method": row.method, "opts": row.opts}, {})
+    assert prepare(out / row.label / "seed0", run) == "finished"  # compare --preset fig5 --out shared reuses it
+    assert (out / REFERENCE / "seed0" / "results.json").exists()
 
 
 def test_every_preset_row_builds_its_balancer():

@@ -5,6 +5,8 @@ the per-task test MAE table with Δp)::
 
     fmtl train --benchmark qm9 --method dbmtl
     fmtl train --problem my_problem.py:make --method dbmtl --device cuda   # your own problem
+    fmtl tune --benchmark qm9 --grid-preset paper-beta --seeds 3           # β chosen on validation
+    fmtl compare --benchmark qm9 --preset table5 --config runs/tune-qm9-dbmtl/selected.toml --seeds 3
 
 Settings come from, in increasing priority: the benchmark's defaults, ``--config FILE.toml``,
 then the command-line flags (method hyperparameters with ``--opt key=value``, dataset options

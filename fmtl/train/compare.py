@@ -6,7 +6,9 @@ unfinished ones resumed. A row is a method (``--methods ew,dbmtl``) or a named v
 ``LABEL=METHOD:key=value,key=value`` (``--variant``, repeatable; :func:`parse_variant`), e.g.
 ``dbmtl-b05=dbmtl:beta=0.5`` next to plain ``dbmtl``. Hyperparameters: ``--opt key=value`` applies to
 every row, ``--opt METHOD.key=value`` to the rows of that method, a variant's own keys to it alone
-(:func:`expand_rows`). Each run is announced as "run 3 of 8: dbmtl seed 1" (:func:`plan`).
+(:func:`expand_rows`). Each run is announced as "run 3 of 8: dbmtl seed 1" (:func:`plan`). The loop over the runs is
+:func:`run_rows`, which ``fmtl tune`` (:mod:`fmtl.train.tune`) shares; the paper's ablations are
+fixed sets of variants (``--preset``, :mod:`fmtl.train.presets`).
 
 The table (Table 3 layout: the mean over seeds of each task's test metric, Δp mean ± std, the
 best MTL row of each column in bold) is written as ``table.md``, ``table.csv`` (per-seed values,

@@ -1,4 +1,4 @@
-"""PNG plots of a run (paper Figs 8–10) and of a comparison (Δp per method), with matplotlib Agg.
+"""PNG plots of a run (paper Figs 8–10) and of a comparison (Δp per method; Figs. 1 and 5), with matplotlib Agg.
 
 From a run's ``metrics.jsonl``:
 
@@ -11,6 +11,10 @@ From a run's ``metrics.jsonl``:
 * ``plots/weights.png`` — the balancer's task weights w_t against the step;
 * ``plots/val_metrics.png`` — per epoch: each task's validation normalized error, and the
   validation (and test) Δp when an STL reference exists, else the mean normalized error.
+
+A comparison's Δp (%) with ± std error bars over seeds: :func:`plot_delta_p` (one bar per row),
+:func:`plot_delta_p_groups` (grouped bars, e.g. each method with and without the log transform,
+Fig. 1) and :func:`plot_delta_p_lines` (Δp against a hyperparameter, e.g. β, Fig. 5).
 
 Tasks are told apart by colour *and* line style (:func:`task_styles`: 10 colours × 4 styles,
 so up to 40 tasks are distinct; QM9 has 11). Missing values (``null`` in strict JSON) are gaps.

@@ -192,7 +192,7 @@ def plot_preset(name: str, delta_p: Mapping[str, tuple[float, float]], path: str
     for r, _ in labelled:
         beta, sigma = float(r.opts["beta"]), float(r.opts["beta_sigma"])
         if beta == 0.0:
-            reference = ("β = 0 (no EMA)", delta_p[r.label][0])
+            reference = (f"β = 0 (no EMA): {pm(delta_p[r.label])}", delta_p[r.label][0])
             continue
         lines["constant β" if sigma == 0.0 else "β / k^0.5"].append((beta, *delta_p[r.label]))
     return plot_delta_p_lines(lines, path, "β", title=title, reference=reference)

@@ -143,6 +143,11 @@ def grid_from(texts: Sequence[str], preset: str | None, method: str | None) -> t
         grid[key] = values
     if not grid:
         raise ValueError(f"fmtl tune needs --grid KEY=V1,V2,... or --grid-preset NAME ({', '.join(GRIDS)})")
+    labels = [point_label(p) for p in grid_points(grid)]
+    same = next((label for i, label in enumerate(labels) if label in labels[:i]), None)
+    if same is not None:
+        raise ValueError(f"--grid: two points would share the run directory {same!r}; give values that differ in "
+                         "more than punctuation")  # fmt: skip
     return method or DEFAULTS["method"], grid
 
 
