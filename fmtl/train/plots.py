@@ -258,11 +258,18 @@ def plot_delta_p(
     fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(names) + 2), 4))
     colors = ["tab:green" if v >= 0 else "tab:red" for v in means]
     ax.bar(names, means, yerr=stds, color=colors, capsize=3)
+    ax.tick_params(axis="x", rotation=45)
+    return _save_delta_p(plt, fig, ax, title, path, legend=False, grid="y")
+
+
+def _save_delta_p(plt, fig, ax, title: str, path: str | os.PathLike[str], legend: bool, grid: str) -> Path:
+    """The Δp axes' common finish (zero line, label, title, grid, legend), saved to ``path``."""
     ax.axhline(0.0, color="k", linewidth=0.6)
     ax.set_ylabel("Δp (%) ↑")
     ax.set_title(title)
-    ax.tick_params(axis="x", rotation=45)
-    ax.grid(axis="y", alpha=0.3)
+    if legend:
+        ax.legend(fontsize=8)
+    ax.grid(axis=grid, alpha=0.3)
     path = Path(path)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -294,15 +301,7 @@ def plot_delta_p_groups(
         ax.bar([x + (i - (len(series) - 1) / 2) * width for x in xs], [m for m, _ in bars], width,
                yerr=[0.0 if not math.isfinite(e) else e for _, e in bars], capsize=3, label=s, color=f"C{i}")
     ax.set_xticks(range(len(groups)), list(groups), rotation=30, ha="right")
-    ax.axhline(0.0, color="k", linewidth=0.6)
-    ax.set_ylabel("Δp (%) ↑")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    path = Path(path)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save_delta_p(plt, fig, ax, title, path, legend=True, grid="y")
 
 
 def plot_delta_p_lines(
@@ -335,13 +334,5 @@ def plot_delta_p_lines(
                     marker="o", capsize=3, label=name, color=f"C{i}")  # fmt: skip
     if reference is not None:
         ax.axhline(reference[1], color="k", linestyle=":", linewidth=1, label=reference[0])
-    ax.axhline(0.0, color="k", linewidth=0.6)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("Δp (%) ↑")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    path = Path(path)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save_delta_p(plt, fig, ax, title, path, legend=True, grid="both")

@@ -32,7 +32,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import torch
 from tabulate import tabulate
 
 from .. import atomic
@@ -198,28 +197,20 @@ def plot_preset(name: str, delta_p: Mapping[str, tuple[float, float]], path: str
     return plot_delta_p_lines(lines, path, "β", title=title, reference=reference)
 
 
-def run_preset(
-    base: Mapping[str, Any],
-    name: str,
-    seeds: int,
-    out: str | Path,
-    *,
-    overwrite: bool = False,
-    quiet: bool = False,
-    device: str | torch.device | None = None,
-) -> dict[str, Any]:
+def run_preset(base: Mapping[str, Any], name: str, seeds: int, out: str | Path, **options: Any) -> dict[str, Any]:
     """Runs (or reuses) preset ``name``'s rows × seeds; writes compare's outputs and the paper-form table and plot.
 
     Args:
         base: a configuration, as for :func:`fmtl.train.compare.compare`.
         name: a preset (:func:`names`).
-        seeds, out, overwrite, quiet, device: as for :func:`fmtl.train.compare.compare`.
+        seeds, out: as for :func:`fmtl.train.compare.compare`.
+        **options: ``overwrite``, ``quiet``, ``device``, as for :func:`fmtl.train.compare.compare`.
 
     Returns:
         compare's result, with ``"paper"`` (the paper-form Markdown) and its files added to ``"paths"``.
     """
     out = Path(out)
-    res = compare(base, [], seeds, out, variants=variants(name), overwrite=overwrite, quiet=quiet, device=device)
+    res = compare(base, [], seeds, out, variants=variants(name), **options)
     delta_p = {label: row["delta_p"] for label, row in res["rows"].items()}
     md, csv_text = paper_table(name, delta_p)
     s = f"Δp vs STL in %, mean ± std over {seeds} seed{'s' if seeds > 1 else ''} (test split, selected on validation)"
