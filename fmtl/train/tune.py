@@ -40,7 +40,9 @@ from tabulate import tabulate
 
 from .. import atomic
 from .compare import Row, run_rows
-from .config import DEFAULTS, differences, dumps, for_method, load_toml, merge, method_opts, parse_value
+from .config import DEFAULTS, differences, dumps, for_method, load_toml, merge, method_opts, parse_value, tomllib
+from .problems import label as problem_label
+from .records import to_json
 from .report import mean_std, pm
 
 __all__ = ["GRIDS", "parse_grid", "grid_from", "grid_points", "point_label", "select_point", "tune_table",
@@ -263,14 +265,17 @@ def selected_config(base: Mapping[str, Any], method: str, opts: Mapping[str, Any
 
 
 def _selected_toml(cfg: Mapping[str, Any], header: Sequence[str], path: Path, run_config: Mapping[str, Any]) -> None:
-    """Writes ``selected.toml`` atomically, then checks that it resolves to the selected run's configuration."""
+    """Writes ``selected.toml`` atomically once its text resolves to the selected run's configuration; verifies it."""
     from .runs import normalize
 
-    atomic.write(path, "".join(f"# {line}\n" for line in header) + dumps(cfg))
-    back = normalize(for_method(merge(DEFAULTS, load_toml(path), {"seed": run_config["seed"]})))
+    text = "".join(f"# {line}\n" for line in header) + dumps(cfg)
+    back = normalize(for_method(merge(DEFAULTS, tomllib.loads(text), {"seed": run_config["seed"]})))
     if back != normalize(run_config):
         diff = differences(back, normalize(run_config), ignore=())
-        raise RuntimeError(f"{path} does not read back as the selected run (settings that differ: {diff})")
+        raise RuntimeError(f"{path}: the selected setting does not read back as the selected run (differs: {diff})")
+    atomic.write(path, text)
+    if load_toml(path) != tomllib.loads(text):
+        raise RuntimeError(f"{path} does not read back as written")
 
 
 def tune(
@@ -317,15 +322,13 @@ def tune(
     val, test = mean_std(table[chosen]["val"]), mean_std(table[chosen]["test"])
     markdown, csv_text = tune_table(table, list(grid), chosen)
     s = f"{seeds} seed{'s' if seeds > 1 else ''}"
-    from .problems import label as problem_label
-
     title = (f"{problem_label(base['benchmark'])}: {method} over {len(points)} grid points × {s}; selected on the "
              f"validation Δp mean, test Δp reported (mean ± std over seeds)")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     atomic.write(out / "tune.md", f"{title}\n\n{markdown}\n")
     atomic.write(out / "tune.csv", csv_text)
-    atomic.write(out / "tune.json", json.dumps({"method": method, "grid": dict(grid), "seeds": seeds,
-                                                "selected": chosen, "points": table}, indent=1))  # fmt: skip
+    atomic.write(out / "tune.json", to_json({"method": method, "grid": dict(grid), "seeds": seeds, "selected": chosen,
+                                             "points": table}, indent=1))  # fmt: skip
     header = [f"fmtl tune: {method} on {base['benchmark']}, selected on the validation Δp (mean over {s}) among "
               f"{len(points)} grid points ({'; '.join(f'{k} = {_text(v)}' for k, v in grid.items())})",
               f"selected: {_setting(points[chosen])} (validation Δp {pm(val)} %, test Δp {pm(test)} %)",
@@ -356,7 +359,6 @@ def command(args: Any, cfg: Mapping[str, Any], set_threads: Any) -> int:
     """
     from .device import resolve
     from .fit import check
-    from .problems import label
 
     method, grid = grid_from(args.grid, args.grid_preset, args.method)
     if method == "stl":
@@ -372,7 +374,7 @@ def command(args: Any, cfg: Mapping[str, Any], set_threads: Any) -> int:
             raise ValueError(f"--grid point {_setting(point)}: {e}") from None
     device = resolve(args.device)
     set_threads(args, base)
-    out = Path(args.out or f"runs/tune-{label(base['benchmark'])}-{method}")
+    out = Path(args.out or f"runs/tune-{problem_label(base['benchmark'])}-{method}")
     res = tune(base, method, grid, args.seeds, out, overwrite=args.overwrite, quiet=args.quiet, device=device)
     print(f"{res['title']}\n\n{res['markdown']}\n")
     print(f"selected on validation: {_setting(res['point'])} (validation Δp {pm(res['val'])} %); "
