@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import torch
 from tensordict import TensorDict
 
-from ..losses import Loss, Where, make_loss_fn
+from ..losses import Loss, Where, make_loss_fn, make_multi_input_loss_fn
 from ..params import functionalize
 from ..step import BufferUpdate
 from ..task_gradients import LossFn
@@ -109,6 +109,7 @@ class Problem(NamedTuple):
         name: str,
         targets: Mapping[str, Where] | None = None,
         input_key: str | None = "x",
+        multi_input: bool = False,
     ) -> Problem:
         """A problem from a model with ``params``, ``apply(params, x, buffers=None, train=True)`` and ``buffers``.
 
@@ -124,6 +125,11 @@ class Problem(NamedTuple):
             name: the problem's name (run directories are named after it).
             targets: where each task's target lives (default: column t of ``batch["y"]``).
             input_key: the batch key of the model input (``None``: the whole batch).
+            multi_input: each task has its own inputs (LibMTL's ``multi_input``, Office): a batch is
+                ``{task: {input_key, "y", …}}`` and task t's loss, prediction and BatchNorm update
+                see only ``batch[t]`` (:func:`fmtl.losses.make_multi_input_loss_fn`,
+                :func:`fmtl.models.update_buffers_per_task`); targets default to ``{t: t}`` (the
+                sub-batch, for metrics such as :func:`fmtl.train.evaluate.masked`).
 
         Example:
             >>> import torch
@@ -139,9 +145,11 @@ class Problem(NamedTuple):
             ['a', 'b']
         """
         tasks = list(model.params["tasks"].keys())
-        targets = dict(targets) if targets is not None else {t: i for i, t in enumerate(tasks)}
         if list(losses) != tasks:
             raise ValueError(f"problem {name!r}: losses are for tasks {list(losses)}, the model's heads are {tasks}")
+        if multi_input:
+            return cls._multi_input(model, splits, losses, metrics, name, targets, input_key or "x")
+        targets = dict(targets) if targets is not None else {t: i for i, t in enumerate(tasks)}
         loss_fn = make_loss_fn(model.apply, {t: losses[t] for t in tasks}, targets=targets, input_key=input_key)
         x = _input(input_key)
 
@@ -160,6 +168,29 @@ class Problem(NamedTuple):
             def update(params: TensorDict, buffers: Any, batch: Any) -> Any:
                 return update_buffers(model, params, buffers, x(batch))
 
+        buffers = model.buffers if update is not None else None
+        return cls(name, {s: rows(ds) for s, ds in splits.items()}, model.params, loss_fn, predict,
+                   {t: metric(metrics[t]) for t in tasks}, targets, buffers, update).check()  # fmt: skip
+
+    @classmethod
+    def _multi_input(cls, model: Any, splits: Mapping[str, Any], losses: Mapping[str, Loss],
+                     metrics: Mapping[str, str | Metric], name: str, targets: Mapping[str, Where] | None,
+                     input_key: str) -> Problem:  # fmt: skip
+        """:meth:`from_model` with ``multi_input=True``: per-task sub-batches in the loss, prediction and statistics."""
+        tasks = list(model.params["tasks"].keys())
+        loss_fn = make_multi_input_loss_fn(model.apply, {t: losses[t] for t in tasks}, input_key=input_key)
+
+        def predict(params: TensorDict, buffers: Any, batch: Any) -> Mapping[str, torch.Tensor]:
+            return {t: model.apply(params, batch[t][input_key], buffers=buffers, train=False)[t] for t in tasks}
+
+        update = None
+        if getattr(model, "stats", None) is not None and model.buffers is not None:
+            from ..models import update_buffers_per_task
+
+            def update(params: TensorDict, buffers: Any, batch: Any) -> Any:
+                return update_buffers_per_task(model, params, buffers, batch, input_key=input_key)
+
+        targets = dict(targets) if targets is not None else {t: t for t in tasks}
         buffers = model.buffers if update is not None else None
         return cls(name, {s: rows(ds) for s, ds in splits.items()}, model.params, loss_fn, predict,
                    {t: metric(metrics[t]) for t in tasks}, targets, buffers, update).check()  # fmt: skip

@@ -102,7 +102,7 @@ def names() -> list[str]:
 
     Example:
         >>> names()
-        ['qm9', 'synthetic']
+        ['cityscapes', 'multimnist', 'nyuv2', 'office31', 'officehome', 'qm9', 'synthetic']
     """
     return sorted(_REGISTRY)
 
@@ -250,4 +250,4 @@ def default_threads(cfg: Mapping[str, Any]) -> int | None:
     return None if is_file(cfg["benchmark"]) else _benchmark(cfg["benchmark"]).threads(cfg)
 
 
-from . import qm9, synthetic  # noqa: E402,F401  (the built-ins register themselves; add new benchmarks here)
+from . import cityscapes, multimnist, nyuv2, office31, officehome, qm9, synthetic  # noqa: E402,F401,I001  (the built-ins register themselves; add new benchmarks here)
