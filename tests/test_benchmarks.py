@@ -29,7 +29,7 @@ TINY_OFFICE = ["--data", "image_size=8", "--data", "cache=false", "--model", "la
 # benchmark -> (fabricate, extra flags, the metrics every task must report)
 CASES = {
     "nyuv2": (True, TINY_RESNET, {t: i.metrics for t, i in DENSE_TASKS["nyuv2"].items()}),
-    "cityscapes": (True, [*TINY_RESNET, "--model", "arch=mtan"],
+    "cityscapes": (True, [*TINY_RESNET, "--arch", "mtan"],
                    {t: i.metrics for t, i in DENSE_TASKS["cityscapes"].items()}),
     "office31": (True, TINY_OFFICE, dict.fromkeys(("amazon", "dslr", "webcam"), ("accuracy",))),
     "officehome": (True, [*TINY_OFFICE, "--method", "uw", "--strategy", "loop"],
@@ -87,11 +87,20 @@ def test_an_ill_formed_root_is_one_line_naming_the_layout(tmp_path, capsys, name
     assert not (tmp_path / "run").exists()
 
 
-def test_an_unknown_architecture_names_the_valid_ones(tmp_path, capsys):
-    root = _fabricated("cityscapes", tmp_path / "data")
-    assert main(["train", "--benchmark", "cityscapes", "--data", f"root={root}", "--model", "arch=mmoe",
-                 "--quiet", "--out", str(tmp_path / "run")]) == 2  # fmt: skip
-    assert "valid: hps, mtan, cross_stitch" in capsys.readouterr().err
+@pytest.mark.parametrize(("name", "valid"), [("cityscapes", "hps, mtan, cross_stitch"), ("office31", "hps")])
+def test_an_unknown_architecture_names_the_valid_ones(tmp_path, capsys, name, valid):
+    root = _fabricated(name, tmp_path / "data")
+    assert main(["train", "--benchmark", name, "--data", f"root={root}", "--arch", "mmoe", "--quiet",
+                 "--out", str(tmp_path / "run")]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert err == f"fmtl: error: unknown architecture 'mmoe' for {name}; valid: {valid}"
+
+
+def test_an_unknown_data_option_is_named(tmp_path, capsys):
+    root = _fabricated("nyuv2", tmp_path / "data")
+    assert main(["train", "--benchmark", "nyuv2", "--data", f"root={root}", "--data", "cache=false", "--quiet",
+                 "--out", str(tmp_path / "run")]) == 2  # fmt: skip
+    assert "nyuv2: unknown --data option(s) ['cache']; valid: " in capsys.readouterr().err
 
 
 def test_the_dense_validation_split_is_held_out_of_train_and_test_is_the_val_directory(tmp_path):

@@ -49,6 +49,8 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
                    help="dataset option, e.g. subset=2000 or representation=graph (repeatable)")
     g.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
                    help="model option, e.g. hidden=[256,256] (repeatable)")
+    g.add_argument("--arch", help="MTL architecture (same as --model arch=NAME): hps (default); mtan and "
+                   "cross_stitch on nyuv2 and cityscapes")
     g.add_argument("--amp", choices=tuple(DTYPES),
                    help="autocast the forward and losses to bfloat16 or float16 on the run's device")
     g.add_argument("--accumulate", type=int, metavar="K",
@@ -103,6 +105,8 @@ def _flag_layer(args: argparse.Namespace) -> dict[str, Any]:
     layer["opts"] = parse_pairs(args.opt, "--opt")
     layer["data"] = parse_pairs(args.data, "--data")
     layer["model"] = parse_pairs(args.model, "--model")
+    if args.arch is not None:
+        layer["model"]["arch"] = args.arch
     return layer
 
 

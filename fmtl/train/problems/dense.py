@@ -31,7 +31,6 @@ heads is inactive in training (batches carry no per-sample dropout seeds), a dev
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,6 +39,7 @@ import torch
 from ...losses import cross_entropy, depth_l1, normal_cosine
 from ..evaluate import depth, normals, segmentation
 from ..problem import Problem
+from .options import check_options, root_of, weights_note
 
 __all__ = ["build", "Subset", "register_dense", "BACKBONES", "LAYOUT"]
 
@@ -81,17 +81,10 @@ class Subset:
         return self.ds[self.rows[as_index(index, len(self))]]
 
 
-def root_of(name: str, data: Mapping[str, Any], layout: str) -> str:
-    """``data["root"]``, or a one-line ``ValueError`` naming the option and the expected layout."""
-    root = data.get("root")
-    if not root:
-        raise ValueError(f"{name} reads a local copy: pass --data root=DIR with {layout}")
-    return str(root)
-
-
 def _splits(name: str, data: Mapping[str, Any]) -> dict[str, Any]:
     from ... import data as fdata
 
+    check_options(name, data, ("root", "val_fraction", "resize", "subset", "streaming"))
     opts = {k: v for k, v in data.items() if k not in ("root", "val_fraction")}
     opts.setdefault("streaming", True)
     if opts.get("resize") is not None:
@@ -109,13 +102,6 @@ def _splits(name: str, data: Mapping[str, Any]) -> dict[str, Any]:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
     return {"train": Subset(full, perm[n_val:].sort().values), "val": Subset(full, perm[:n_val].sort().values),
             "test": test}  # fmt: skip
-
-
-def weights_note(model_opts: Mapping[str, Any], what: str) -> None:
-    """One line on stderr when a model that the paper initializes from ImageNet gets no ``weights``."""
-    if not model_opts.get("weights"):
-        print(f"fmtl: note: no --model weights=PATH (a local torchvision {what} state dict): the backbone is "
-              "randomly initialized, unlike the paper's ImageNet-pretrained one", file=sys.stderr)  # fmt: skip
 
 
 def build(name: str, cfg: Mapping[str, Any]) -> Problem:
@@ -145,9 +131,10 @@ def register_dense(name: str, batch_size: int) -> None:
     """Registers ``name`` (``nyuv2`` or ``cityscapes``) with the paper's §4.1 settings."""
     from functools import partial
 
+    from ...models.deeplab import ARCHITECTURES
     from . import register
 
     register(name, partial(build, name),
              settings={"epochs": 200, "batch_size": batch_size, "lr": 1e-4, "eval_batch_size": batch_size,
                        "log_every": 10},
-             data={"val_fraction": 0.1}, model={"arch": "hps"})  # fmt: skip
+             data={"val_fraction": 0.1}, model={"arch": "hps"}, archs=ARCHITECTURES)  # fmt: skip

@@ -25,6 +25,7 @@ from tensordict import TensorDict
 from ...losses import cross_entropy
 from ..evaluate import accuracy
 from ..problem import Problem
+from .options import check_options
 from .synthetic import load_splits
 
 if TYPE_CHECKING:
@@ -80,14 +81,11 @@ def build(cfg: Mapping[str, Any]) -> Problem:
     from ...models import hps
     from ...models.blocks import linear_head
 
+    check_options("multimnist", cfg["data"], ("root", "size", "seed", "subset", "source", "cache"))
     splits = load_splits("multimnist", cfg["data"])
     opts = dict(cfg["model"])
-    arch = opts.pop("arch", "hps")
-    if arch != "hps":
-        raise ValueError(f"multimnist has architecture 'hps' only; got {arch!r}")
-    unknown = sorted(set(opts) - {"widths", "hidden"})
-    if unknown:
-        raise ValueError(f"unknown multimnist model option(s) {unknown}; valid: arch, widths, hidden")
+    opts.pop("arch", None)  # HPS only (checked by the registry)
+    check_options("multimnist", opts, ("widths", "hidden"), "--model")
     train = splits["train"]
     size = int(train[[0]]["x"].shape[-1])
     encoder = flat_encoder(tuple(opts["widths"]), size, int(opts["hidden"]))

@@ -30,7 +30,7 @@ from typing import Any
 from ...losses import cross_entropy
 from ..evaluate import accuracy, masked
 from ..problem import SPLITS, Problem
-from .dense import root_of, weights_note
+from .options import check_options, root_of, weights_note
 
 __all__ = ["build", "register_office", "LAYOUT"]
 
@@ -48,6 +48,7 @@ def build(name: str, cfg: Mapping[str, Any]) -> Problem:
 
     data = dict(cfg["data"])
     root = root_of(name, data, LAYOUT[name])
+    check_options(name, data, ("root", "image_size", "seed", "normalize", "cache", "cache_dir"))
     opts = {k: v for k, v in data.items() if k != "root"}
     try:
         splits = {s: fdata.load(name, s, root=root, **opts) for s in SPLITS}
@@ -55,9 +56,7 @@ def build(name: str, cfg: Mapping[str, Any]) -> Problem:
         raise ValueError(f"{e}; the expected layout is {LAYOUT[name]}") from None
     train = splits["train"]
     model_opts = dict(cfg["model"])
-    arch = model_opts.pop("arch", "hps")
-    if arch != "hps":
-        raise ValueError(f"{name} has architecture 'hps' only (the paper's §4.3); got {arch!r}")
+    model_opts.pop("arch", None)  # HPS only (checked by the registry)
     weights_note(model_opts, "resnet18")
     model = models.office_resnet18(train.tasks, train.num_classes, seed=cfg["seed"], **model_opts)
     metrics = {d: masked(accuracy()) for d in train.tasks}
