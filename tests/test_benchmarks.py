@@ -28,13 +28,14 @@ TINY_OFFICE = ["--data", "image_size=8", "--data", "cache=false", "--model", "la
                "--model", "hidden=4", "--model", "stem=cifar"]  # fmt: skip
 # benchmark -> (fabricate, extra flags, the metrics every task must report)
 CASES = {
-    "nyuv2": (True, TINY_RESNET, {t: i.metrics for t, i in DENSE_TASKS["nyuv2"].items()}),
-    "cityscapes": (True, [*TINY_RESNET, "--arch", "mtan"],
+    "nyuv2": (True, [*TINY_RESNET, "--strategy", "jacrev"], {t: i.metrics for t, i in DENSE_TASKS["nyuv2"].items()}),
+    "cityscapes": (True, [*TINY_RESNET, "--arch", "mtan", "--strategy", "vmap_grad"],
                    {t: i.metrics for t, i in DENSE_TASKS["cityscapes"].items()}),
     "office31": (True, TINY_OFFICE, dict.fromkeys(("amazon", "dslr", "webcam"), ("accuracy",))),
     "officehome": (True, [*TINY_OFFICE, "--method", "uw", "--strategy", "loop"],
                    dict.fromkeys(("Art", "Clipart", "Product", "Real_World"), ("accuracy",))),
-    "multimnist": (False, ["--data", "subset=64", "--model", "widths=[2]", "--model", "hidden=4"],
+    "multimnist": (False, ["--data", "subset=64", "--model", "widths=[2]", "--model", "hidden=4",
+                           "--strategy", "vmap_grad"],
                    dict.fromkeys(("left", "right"), ("accuracy",))),
 }  # fmt: skip
 
@@ -128,3 +129,19 @@ def test_multi_input_evaluation_scores_each_domains_sample_once(tmp_path):
     batch = ds[torch.arange(len(ds))]
     state = metrics["dslr"].update(state, oracle(batch)["dslr"], batch["dslr"])
     assert int(state.count) == ds.sizes["dslr"]
+
+
+def test_dataloader_workers_train_the_same_parameters_as_reading_in_process(tmp_path):
+    from fmtl.train import fit
+
+    root = _fabricated("nyuv2", tmp_path / "data")
+    flags = {"epochs": 1, "batch_size": 2, "accumulate": 2, "method": "dbmtl", "strategy": "loop", "log_every": 1000}
+    model = {"layers": [1, 1, 1, 1], "widths": [2, 2, 2, 2], "aspp_width": 2, "rates": [1, 2, 3]}
+    finals = []
+    for i, extra in enumerate(({}, {"workers": 2})):
+        out = tmp_path / f"run{i}"
+        fit(None, out, stl="none", quiet=True, plots=False, benchmark="nyuv2", data={"root": str(root), **extra},
+            model=model, **flags)  # fmt: skip
+        finals.append(torch.load(out / "checkpoint.pt", weights_only=True)["params"])
+    assert finals[0].keys() == finals[1].keys()
+    assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])

@@ -12,7 +12,11 @@ A :class:`Problem` is plain data and pure functions:
 * ``metrics`` — ``{task: fmtl.train.Metric}``: how each task is scored and in which direction Δp
   (Eq. 3–4) reads it; ``targets`` — where each task's target lives in a batch;
 * ``buffers`` / ``update_buffers(params, buffers, batch) -> buffers`` — the running statistics of a
-  model with BatchNorm (``None`` otherwise), updated once per step outside the gradient pass.
+  model with BatchNorm (``None`` otherwise), updated once per step outside the gradient pass;
+* ``stream`` — ``None`` (the training batches are ``splits["train"][rows]``, read in the training
+  process) or the options of :func:`fmtl.data.loader` (e.g. ``{"num_workers": 4}``): the training
+  batches come from a ``torch.utils.data.DataLoader`` whose workers read and prefetch them (per-file
+  datasets such as NYUv2's), the same rows in the same order, so results and resumes are unchanged.
 
 Build one from a user's ``nn.Module`` encoder, heads and ``torch.utils.data`` datasets with
 :meth:`Problem.from_modules`, or from a :class:`fmtl.models.Model` with :meth:`Problem.from_model`.
@@ -67,6 +71,7 @@ class Problem(NamedTuple):
     targets: Mapping[str, Where]
     buffers: Any = None
     update_buffers: BufferUpdate | None = None
+    stream: Mapping[str, Any] | None = None
 
     @property
     def tasks(self) -> tuple[str, ...]:

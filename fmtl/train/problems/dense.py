@@ -3,7 +3,11 @@
 Data: :func:`fmtl.data.load` of the MTAN/LibMTL ``.npy`` layout under ``--data root=DIR``
 (:mod:`fmtl.data.dense`), read per batch from the files (``streaming``, the default: only a
 batch is in memory; ``streaming=false`` loads every split into memory). Options: ``resize=[H,W]``
-(once, at load time), ``subset=N`` (the first N images of each split), ``val_fraction``.
+(once, at load time), ``subset=N`` (the first N images of each split), ``val_fraction``,
+``workers=N`` (N DataLoader worker processes read and prefetch the training batches,
+:func:`fmtl.data.loader`; the same batches in the same order as without), ``augment=true``
+(:func:`fmtl.data.augment.nyu_augment`, LibMTL's random scale / crop / flip of NYUv2, per sample
+from (seed, epoch, row), as Table 6 uses; off by default as in Tables 1–2).
 
 Splits. LibMTL trains on ``train`` and reports (and selects epochs) on ``val``, its test set;
 here model selection must not see the test split, so ``val_fraction`` (default 0.1) of the
@@ -41,7 +45,7 @@ from ..evaluate import depth, normals, segmentation
 from ..problem import Problem
 from .options import check_options, root_of, weights_note
 
-__all__ = ["build", "Subset", "register_dense", "BACKBONES", "LAYOUT"]
+__all__ = ["build", "Subset", "register_dense", "stream_options", "BACKBONES", "LAYOUT"]
 
 BACKBONES = ("deeplab", "segnet")
 #: The expected on-disk layout, named in every error about ``root``.
@@ -84,8 +88,8 @@ class Subset:
 def _splits(name: str, data: Mapping[str, Any]) -> dict[str, Any]:
     from ... import data as fdata
 
-    check_options(name, data, ("root", "val_fraction", "resize", "subset", "streaming"))
-    opts = {k: v for k, v in data.items() if k not in ("root", "val_fraction")}
+    check_options(name, data, ("root", "val_fraction", "resize", "subset", "streaming", "workers", "augment"))
+    opts = {k: v for k, v in data.items() if k not in ("root", "val_fraction", "workers", "augment")}
     opts.setdefault("streaming", True)
     if opts.get("resize") is not None:
         opts["resize"] = tuple(int(v) for v in opts["resize"])
@@ -123,8 +127,27 @@ def build(name: str, cfg: Mapping[str, Any]) -> Problem:
     else:
         model = models.segnet(tasks, normalize=normalize, seed=cfg["seed"], **opts)
     metrics = {"segmentation": segmentation(info["segmentation"].num_classes), "depth": depth(), "normal": normals()}
-    return Problem.from_model(model, splits, {t: _LOSSES[t] for t in tasks}, {t: metrics[t] for t in tasks},
-                              name=name, targets={t: ("y", t) for t in tasks})  # fmt: skip
+    problem = Problem.from_model(model, splits, {t: _LOSSES[t] for t in tasks}, {t: metrics[t] for t in tasks},
+                                 name=name, targets={t: ("y", t) for t in tasks})  # fmt: skip
+    return problem._replace(stream=stream_options(cfg["data"]))
+
+
+def stream_options(data: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The training split's :func:`fmtl.data.loader` options: ``workers`` processes and (``augment``) NYUv2's
+    augmentation; ``None`` (read in the training process) with neither.
+
+    Example:
+        >>> stream_options({}), stream_options({"workers": 2})
+        (None, {'num_workers': 2})
+    """
+    workers, augment = int(data.get("workers", 0)), bool(data.get("augment", False))
+    if not workers and not augment:
+        return None
+    if augment:
+        from ...data.augment import nyu_augment
+
+        return {"num_workers": workers, "transform": nyu_augment}
+    return {"num_workers": workers}
 
 
 def register_dense(name: str, batch_size: int) -> None:
