@@ -33,7 +33,8 @@ EXIT_USAGE, EXIT_DIVERGED, EXIT_CHECKPOINT = 2, 3, 4
 def _training_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--config", metavar="FILE", help="TOML file with settings (flags override it)")
-    g.add_argument("--benchmark", help="a registered problem: qm9 (default), synthetic (see `fmtl list`)")
+    g.add_argument("--benchmark", help="a registered problem: qm9 (default), synthetic, nyuv2, cityscapes, office31, "
+                   "officehome, multimnist (see `fmtl list`)")
     g.add_argument("--problem", metavar="FILE.py:NAME",
                    help="your own problem: NAME is a function in FILE.py returning a fmtl.train.Problem "
                         "(called with the --data/--model options as keyword arguments)")
