@@ -11,7 +11,7 @@ Epochs are selected on the validation Δp against that seed's STL; the table rep
 Writes ``benchmarks/paper/multimnist.json`` (machine, torch version, date, command, the
 configuration, per-seed and mean ± std metrics and Δp) and ``benchmarks/paper/multimnist.md``.
 
-    .venv/bin/python benchmarks/paper/multimnist.py            # ~10 min on 2 shared cores
+    .venv/bin/python benchmarks/paper/multimnist.py   # 51 min here (2 cores, load average ~8)
 """
 
 from __future__ import annotations
