@@ -385,7 +385,10 @@ def delta_p_tasks(
         Δ_{p,t} = 100\\% × \\frac{1}{N_t} \\sum_{i=1}^{N_t} (−1)^{s_{t,i}}
                   \\frac{M_{t,i} − M^{STL}_{t,i}}{M^{STL}_{t,i}}
 
-    with s_{t,i} = 0 if higher is better for metric i of task t, 1 otherwise.
+    with s_{t,i} = 0 if higher is better for metric i of task t, 1 otherwise. A metric whose STL
+    value is 0 has no relative change (the ratio is undefined; the paper never meets one, tiny or
+    degenerate runs do, e.g. an STL accuracy of 0 %): it is left out of its task's mean, and a task
+    left with no metric gets Δp_t = 0 (instead of a ZeroDivisionError mid-run).
 
     Args:
         metrics: ``{task: {metric: value}}`` of the method (or ``{task: value}`` for one
@@ -399,6 +402,8 @@ def delta_p_tasks(
         ...               {"seg": {"miou": 50.0}, "depth": {"aerr": 1.0}},
         ...               {"seg": True, "depth": False})
         {'seg': 10.0, 'depth': 25.0}
+        >>> delta_p_tasks({"a": {"acc": 50.0, "f1": 60.0}}, {"a": {"acc": 0.0, "f1": 50.0}}, {"a": True})
+        {'a': 20.0}
     """
     m, s = _as_nested(metrics), _as_nested(stl)
     out = {}
@@ -408,8 +413,9 @@ def delta_p_tasks(
         for k, v in mt.items():
             up = hib[k] if isinstance(hib, Mapping) else hib
             base = s[t][k]
-            terms.append((1.0 if up else -1.0) * (v - base) / base)
-        out[t] = 100.0 * math.fsum(terms) / len(terms)
+            if base != 0:
+                terms.append((1.0 if up else -1.0) * (v - base) / base)
+        out[t] = 100.0 * math.fsum(terms) / len(terms) if terms else 0.0
     return out
 
 

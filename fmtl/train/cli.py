@@ -35,7 +35,8 @@ EXIT_USAGE, EXIT_DIVERGED, EXIT_CHECKPOINT = 2, 3, 4
 def _training_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--config", metavar="FILE", help="TOML file with settings (flags override it)")
-    g.add_argument("--benchmark", help="a registered problem: qm9 (default), synthetic (see `fmtl list`)")
+    g.add_argument("--benchmark", help="a registered problem: qm9 (default), synthetic, nyuv2, cityscapes, office31, "
+                   "officehome, multimnist (see `fmtl list`)")
     g.add_argument("--problem", metavar="FILE.py:NAME",
                    help="your own problem: NAME is a function in FILE.py returning a fmtl.train.Problem "
                         "(called with the --data/--model options as keyword arguments)")
@@ -51,6 +52,8 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
                    help="dataset option, e.g. subset=2000 or representation=graph (repeatable)")
     g.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
                    help="model option, e.g. hidden=[256,256] (repeatable)")
+    g.add_argument("--arch", help="MTL architecture (same as --model arch=NAME): hps (default); mtan and "
+                   "cross_stitch on nyuv2 and cityscapes")
     g.add_argument("--amp", choices=tuple(DTYPES),
                    help="autocast the forward and losses to bfloat16 or float16 on the run's device")
     g.add_argument("--accumulate", type=int, metavar="K",
@@ -117,6 +120,8 @@ def _flag_layer(args: argparse.Namespace) -> dict[str, Any]:
     layer["opts"] = parse_pairs(args.opt, "--opt")
     layer["data"] = parse_pairs(args.data, "--data")
     layer["model"] = parse_pairs(args.model, "--model")
+    if args.arch is not None:
+        layer["model"]["arch"] = args.arch
     return layer
 
 

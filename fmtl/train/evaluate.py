@@ -11,7 +11,11 @@ targets in the split (MAE / std(y_t), MSE / var(y_t)), so tasks of different uni
 averaged when no single-task baseline is available for Δp (:mod:`fmtl.train.selection`).
 
 Built-ins: :func:`regression` (``"mae"`` — in the paper's units through ``scale``, e.g. meV for
-QM9's energies — and ``"mse"``), :func:`accuracy`; :func:`metric` looks them up by name.
+QM9's energies — and ``"mse"``), :func:`accuracy`; the dense tasks of NYUv2 and Cityscapes
+(§4.1): :func:`segmentation` (mIoU, pixel accuracy), :func:`depth` (absolute and relative
+error), :func:`normals` (mean and median angle, % within 11.25°/22.5°/30°); :func:`masked` scores
+only the rows a multi-input split marks (Office's cycled domains); :func:`metric` looks the
+plain ones up by name.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from tensordict import TensorDict
 from .. import metrics as M
 from ..losses import Where, target
 
-__all__ = ["Metric", "RegressionState", "regression", "accuracy", "metric", "evaluate", "evaluate_epoch",
-           "Evaluation"]  # fmt: skip
+__all__ = ["Metric", "RegressionState", "regression", "accuracy", "segmentation", "depth", "normals", "masked",
+           "metric", "evaluate", "evaluate_epoch", "Evaluation"]  # fmt: skip
 
 Evaluation = dict  # {"metrics": {task: {metric: value}}, "normalized": {task: value or None}}
 
@@ -129,6 +133,76 @@ def accuracy(ignore_index: int = -1) -> Metric:
         return M.accuracy_update(state, logits, y.reshape(-1), ignore_index)
 
     return Metric(("accuracy",), (True,), M.accuracy_init, update, lambda s: (M.accuracy_compute(s),), None, "%")
+
+
+def segmentation(num_classes: int) -> Metric:
+    """Semantic segmentation: mIoU and pixel accuracy in % over the non-ignored pixels (both higher is better).
+
+    The confusion matrix of :func:`fmtl.metrics.seg_update` over the whole split, then
+    :func:`fmtl.metrics.seg_compute` (LibMTL's ``SegMetric``; classes absent from both targets and
+    predictions are left out of the mean instead of giving NaN).
+
+    Example:
+        >>> import torch
+        >>> m = segmentation(2)
+        >>> z = torch.tensor([[[[5.0, 0.0, 0.0]], [[0.0, 5.0, 5.0]]]])  # predicts 0, 1, 1
+        >>> m.compute(m.update(m.init(), z, torch.tensor([[[0, 1, 0]]])))  # IoU 1/2 and 1/2, 2 of 3 right
+        (50.0, 66.66666666666666)
+    """
+    return Metric(("miou", "pixel_acc"), (True, True), lambda: M.seg_init(num_classes), M.seg_update,
+                  M.seg_compute)  # fmt: skip
+
+
+def depth() -> Metric:
+    """Depth: mean absolute and mean relative error over the valid pixels (depth ≠ 0), lower is better.
+
+    Example:
+        >>> import torch
+        >>> m = depth()
+        >>> m.compute(m.update(m.init(), torch.full((1, 1, 1, 3), 2.0), torch.tensor([[[[0.0, 1.0, 4.0]]]])))
+        (1.5, 0.75)
+    """
+    return Metric(("abs_err", "rel_err"), (False, False), M.depth_init, M.depth_update, M.depth_compute)
+
+
+def normals(bins: int | None = 3600) -> Metric:
+    """Surface normals: mean and median angle (°, lower is better) and % within 11.25°, 22.5°, 30° (higher).
+
+    Over the valid pixels (Σ_c n ≠ 0) of the whole split. ``bins`` (default 3600, 0.05° wide)
+    takes the median from a histogram, so memory stays constant over a split (NYUv2's 654 test
+    images hold 72 M pixels); ``None`` keeps every angle for the exact median.
+
+    Example:
+        >>> import torch
+        >>> n = torch.zeros(1, 3, 1, 2); n[0, 2] = 1.0
+        >>> p = n.clone(); p[0, :, 0, 1] = torch.tensor([1.0, 0.0, 1.0])  # 0° and 45° off
+        >>> [round(v, 6) for v in normals(None).compute(normals(None).update(normals(None).init(), p, n))]
+        [22.5, 22.5, 50.0, 50.0, 50.0]
+    """
+    return Metric(("mean_angle", "median_angle", "within_11.25", "within_22.5", "within_30"),
+                  (False, False, True, True, True), lambda: M.normal_init(bins), M.normal_update, M.normal_compute,
+                  unit="deg")  # fmt: skip
+
+
+def masked(inner: Metric, target_key: str = "y", mask_key: str = "mask") -> Metric:
+    """``inner`` on the rows of a sub-batch whose ``mask`` is True; the target is the sub-batch itself.
+
+    For multi-input splits that serve a smaller task's rows cyclically (``fmtl.data`` Office:
+    ``mask = idx < n_t``), so each of the task's samples is scored exactly once.
+
+    Example:
+        >>> import torch
+        >>> sub = TensorDict({"y": torch.tensor([0, 1, 0]), "mask": torch.tensor([True, True, False])}, [3])
+        >>> m = masked(accuracy())
+        >>> m.compute(m.update(m.init(), torch.eye(2)[[0, 0, 1]], sub))  # the third row is a repeat
+        (50.0,)
+    """
+
+    def update(state: Any, pred: torch.Tensor, sub: TensorDict) -> Any:
+        keep = sub[mask_key]
+        return inner.update(state, pred[keep], sub[target_key][keep])
+
+    return inner._replace(update=update)
 
 
 _BY_NAME: dict[str, Callable[[], Metric]] = {

@@ -1,7 +1,9 @@
 """The training loop: epochs of ``params, state, info = step(params, state, batch)``, resumable mid-epoch.
 
-* data order: epoch e visits ``fmtl.data.batch_indices(seed, e)``; :class:`~fmtl.train.restore.Progress`
-  stores ``(epoch, batch, step)`` so a resumed run sees exactly the batches it would have seen;
+* data order: epoch e visits ``fmtl.data.batch_indices(seed, e)`` (:func:`train_batches`: read in
+  this process, or by DataLoader workers for a problem with ``stream`` options);
+  :class:`~fmtl.train.restore.Progress` stores ``(epoch, batch, step)`` so a resumed run sees exactly
+  the batches it would have seen;
 * each optimizer step is one call of the pure step (per-task gradients, balancer, optimizer and
   the BatchNorm update inside; compiled with ``compile = true``);
 * ``accumulate = K`` splits each batch into K micro-batches whose *per-task* gradients the
@@ -16,7 +18,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -29,7 +31,7 @@ from .problem import Problem
 from .restore import Progress
 from .world import World, check_shards
 
-__all__ = ["TrainingDiverged", "loop"]
+__all__ = ["TrainingDiverged", "loop", "train_batches"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -38,6 +40,27 @@ class TrainingDiverged(RuntimeError):
 
 def _nonfinite_tasks(tasks: tuple[str, ...], losses: torch.Tensor) -> list[str]:
     return [t for t, ok in zip(tasks, torch.isfinite(losses).tolist(), strict=True) if not ok]
+
+
+def train_batches(problem: Problem, cfg: Mapping[str, Any], world: World, epoch: int, start: int,
+                  drop_last: bool) -> Iterator[Any]:  # fmt: skip
+    """This rank's training batches of ``epoch`` from batch ``start`` on: ``train[rows]`` for the rows of
+    :func:`fmtl.data.batch_indices`, read here or (``problem.stream``) by a :func:`fmtl.data.loader`'s workers.
+
+    Both give the same batches (the loader's sampler is ``batch_indices``), so a run and its resume
+    see the same data whichever reads it.
+    """
+    train_ds, B, seed = problem.splits["train"], int(cfg["batch_size"]), int(cfg["seed"])
+    if problem.stream is None:
+        for idx in batch_indices(len(train_ds), B, seed=seed, epoch=epoch, rank=world.rank, world_size=world.size,
+                                 start=start, drop_last=drop_last):  # fmt: skip
+            yield train_ds[idx]
+        return
+    from ..data import loader
+
+    stream = loader(train_ds, B, seed=seed, rank=world.rank, world_size=world.size, drop_last=drop_last,
+                    **{"pin_memory": world.device.type == "cuda", **problem.stream})  # fmt: skip
+    yield from stream.epoch(epoch, start)
 
 
 def loop(
@@ -86,16 +109,15 @@ def loop(
         epoch = position["epoch"]
         bar = progress(steps_per_epoch, position["batch"], f"{method} epoch {epoch + 1}/{E}", quiet, world.main)
         t_window, n_window = time.perf_counter(), 0
-        for idx in batch_indices(len(train_ds), B, seed=int(cfg["seed"]), epoch=epoch, rank=world.rank,
-                                 world_size=world.size, start=position["batch"], drop_last=drop_last):  # fmt: skip
+        for rows in train_batches(problem, cfg, world, epoch, position["batch"], drop_last):
             if steps.accumulator is not None:
-                micro = [m for m in torch.tensor_split(idx, K) if len(m)]
+                micro = [m for m in torch.tensor_split(torch.arange(len(rows)), K) if len(m)]
                 for m in micro[:-1]:
-                    steps.accumulator.add(params, train_ds[m].to(world.device), len(m) / len(idx))
-                steps.accumulator.last_fraction = len(micro[-1]) / len(idx)
-                batch = train_ds[micro[-1]].to(world.device)
+                    steps.accumulator.add(params, rows[m].to(world.device), len(m) / len(rows))
+                steps.accumulator.last_fraction = len(micro[-1]) / len(rows)
+                batch = rows[micro[-1]].to(world.device)
             else:
-                batch = train_ds[idx].to(world.device)
+                batch = rows.to(world.device)
             k = position["step"]
             where = f"step {k + 1} (epoch {epoch + 1}, batch {position['batch'] + 1})"
             try:
@@ -113,7 +135,7 @@ def loop(
             losses = floats(info["losses"])
             extra["epoch_loss_sum"] = [a + b for a, b in zip(extra["epoch_loss_sum"], losses, strict=True)]
             extra["epoch_steps"] += 1
-            n_window += len(idx) * world.size
+            n_window += len(rows) * world.size
             bar.update(1)
             if position["step"] % log_every == 0:
                 now = time.perf_counter()

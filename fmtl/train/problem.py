@@ -12,7 +12,11 @@ A :class:`Problem` is plain data and pure functions:
 * ``metrics`` — ``{task: fmtl.train.Metric}``: how each task is scored and in which direction Δp
   (Eq. 3–4) reads it; ``targets`` — where each task's target lives in a batch;
 * ``buffers`` / ``update_buffers(params, buffers, batch) -> buffers`` — the running statistics of a
-  model with BatchNorm (``None`` otherwise), updated once per step outside the gradient pass.
+  model with BatchNorm (``None`` otherwise), updated once per step outside the gradient pass;
+* ``stream`` — ``None`` (the training batches are ``splits["train"][rows]``, read in the training
+  process) or the options of :func:`fmtl.data.loader` (e.g. ``{"num_workers": 4}``): the training
+  batches come from a ``torch.utils.data.DataLoader`` whose workers read and prefetch them (per-file
+  datasets such as NYUv2's), the same rows in the same order, so results and resumes are unchanged.
 
 Build one from a user's ``nn.Module`` encoder, heads and ``torch.utils.data`` datasets with
 :meth:`Problem.from_modules`, or from a :class:`fmtl.models.Model` with :meth:`Problem.from_model`.
@@ -26,7 +30,7 @@ from typing import Any, NamedTuple
 import torch
 from tensordict import TensorDict
 
-from ..losses import Loss, Where, make_loss_fn
+from ..losses import Loss, Where, make_loss_fn, make_multi_input_loss_fn
 from ..params import functionalize
 from ..step import BufferUpdate
 from ..task_gradients import LossFn
@@ -67,6 +71,7 @@ class Problem(NamedTuple):
     targets: Mapping[str, Where]
     buffers: Any = None
     update_buffers: BufferUpdate | None = None
+    stream: Mapping[str, Any] | None = None
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -109,6 +114,7 @@ class Problem(NamedTuple):
         name: str,
         targets: Mapping[str, Where] | None = None,
         input_key: str | None = "x",
+        multi_input: bool = False,
     ) -> Problem:
         """A problem from a model with ``params``, ``apply(params, x, buffers=None, train=True)`` and ``buffers``.
 
@@ -124,6 +130,11 @@ class Problem(NamedTuple):
             name: the problem's name (run directories are named after it).
             targets: where each task's target lives (default: column t of ``batch["y"]``).
             input_key: the batch key of the model input (``None``: the whole batch).
+            multi_input: each task has its own inputs (LibMTL's ``multi_input``, Office): a batch is
+                ``{task: {input_key, "y", …}}`` and task t's loss, prediction and BatchNorm update
+                see only ``batch[t]`` (:func:`fmtl.losses.make_multi_input_loss_fn`,
+                :func:`fmtl.models.update_buffers_per_task`); targets default to ``{t: t}`` (the
+                sub-batch, for metrics such as :func:`fmtl.train.evaluate.masked`).
 
         Example:
             >>> import torch
@@ -139,9 +150,11 @@ class Problem(NamedTuple):
             ['a', 'b']
         """
         tasks = list(model.params["tasks"].keys())
-        targets = dict(targets) if targets is not None else {t: i for i, t in enumerate(tasks)}
         if list(losses) != tasks:
             raise ValueError(f"problem {name!r}: losses are for tasks {list(losses)}, the model's heads are {tasks}")
+        if multi_input:
+            return cls._multi_input(model, splits, losses, metrics, name, targets, input_key or "x")
+        targets = dict(targets) if targets is not None else {t: i for i, t in enumerate(tasks)}
         loss_fn = make_loss_fn(model.apply, {t: losses[t] for t in tasks}, targets=targets, input_key=input_key)
         x = _input(input_key)
 
@@ -160,6 +173,29 @@ class Problem(NamedTuple):
             def update(params: TensorDict, buffers: Any, batch: Any) -> Any:
                 return update_buffers(model, params, buffers, x(batch))
 
+        buffers = model.buffers if update is not None else None
+        return cls(name, {s: rows(ds) for s, ds in splits.items()}, model.params, loss_fn, predict,
+                   {t: metric(metrics[t]) for t in tasks}, targets, buffers, update).check()  # fmt: skip
+
+    @classmethod
+    def _multi_input(cls, model: Any, splits: Mapping[str, Any], losses: Mapping[str, Loss],
+                     metrics: Mapping[str, str | Metric], name: str, targets: Mapping[str, Where] | None,
+                     input_key: str) -> Problem:  # fmt: skip
+        """:meth:`from_model` with ``multi_input=True``: per-task sub-batches in the loss, prediction and statistics."""
+        tasks = list(model.params["tasks"].keys())
+        loss_fn = make_multi_input_loss_fn(model.apply, {t: losses[t] for t in tasks}, input_key=input_key)
+
+        def predict(params: TensorDict, buffers: Any, batch: Any) -> Mapping[str, torch.Tensor]:
+            return {t: model.apply(params, batch[t][input_key], buffers=buffers, train=False)[t] for t in tasks}
+
+        update = None
+        if getattr(model, "stats", None) is not None and model.buffers is not None:
+            from ..models import update_buffers_per_task
+
+            def update(params: TensorDict, buffers: Any, batch: Any) -> Any:
+                return update_buffers_per_task(model, params, buffers, batch, input_key=input_key)
+
+        targets = dict(targets) if targets is not None else {t: t for t in tasks}
         buffers = model.buffers if update is not None else None
         return cls(name, {s: rows(ds) for s, ds in splits.items()}, model.params, loss_fn, predict,
                    {t: metric(metrics[t]) for t in tasks}, targets, buffers, update).check()  # fmt: skip

@@ -51,6 +51,7 @@ class Benchmark(NamedTuple):
         model: ``model(data) -> default model options`` (the ``--model`` table), given the data options.
         threads: ``threads(cfg) -> CPU threads`` a run uses unless ``--threads`` says otherwise
             (``None``: torch's default).
+        archs: the MTL architectures ``--arch`` (``--model arch=...``) may name, the default first.
     """
 
     build: Callable[[Mapping[str, Any]], Problem]
@@ -58,6 +59,7 @@ class Benchmark(NamedTuple):
     data: dict[str, Any]
     model: Callable[[Mapping[str, Any]], dict[str, Any]]
     threads: Callable[[Mapping[str, Any]], int | None]
+    archs: tuple[str, ...] = ("hps",)
 
 
 _REGISTRY: dict[str, Benchmark] = {}
@@ -71,6 +73,7 @@ def register(
     data: Mapping[str, Any] | None = None,
     model: Mapping[str, Any] | Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
     threads: int | None | Callable[[Mapping[str, Any]], int | None] = None,
+    archs: tuple[str, ...] = ("hps",),
     replace: bool = False,
 ) -> None:
     """Registers a problem under ``name`` (``fmtl train --benchmark NAME``); see :class:`Benchmark`.
@@ -94,7 +97,7 @@ def register(
     model_defaults = model if callable(model) else (lambda data, m=dict(model or {}): dict(m))
     thread_rule = threads if callable(threads) else (lambda cfg, n=threads: n)
     _REGISTRY[name] = Benchmark(build, {**GENERIC_SETTINGS, **(settings or {})}, dict(data or {}), model_defaults,
-                                thread_rule)  # fmt: skip
+                                thread_rule, tuple(archs))  # fmt: skip
 
 
 def names() -> list[str]:
@@ -102,7 +105,7 @@ def names() -> list[str]:
 
     Example:
         >>> names()
-        ['qm9', 'synthetic']
+        ['cityscapes', 'multimnist', 'nyuv2', 'office31', 'officehome', 'qm9', 'synthetic']
     """
     return sorted(_REGISTRY)
 
@@ -232,10 +235,20 @@ def build(cfg: Mapping[str, Any]) -> Problem:
         >>> p = build(resolve({**DEFAULTS, "benchmark": "synthetic", "data": {"n": 32, "n_eval": 8}}))
         >>> p.tasks, len(p.splits["val"])
         (('t0', 't1', 't2', 't3'), 8)
+        >>> build(resolve({**DEFAULTS, "benchmark": "synthetic", "model": {"arch": "mtan"}}))
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown architecture 'mtan' for synthetic; valid: hps
     """
     if is_file(cfg["benchmark"]):
         return _load_file(cfg["benchmark"], cfg)
-    return _benchmark(cfg["benchmark"]).build(cfg).check()
+    spec = _benchmark(cfg["benchmark"])
+    arch = cfg["model"].get("arch", spec.archs[0])
+    if arch not in spec.archs:
+        raise ValueError(f"unknown architecture {arch!r} for {cfg['benchmark']}; valid: {', '.join(spec.archs)}")
+    if "arch" not in spec.model(cfg["data"]):  # a builder without architectures never sees the option
+        cfg = {**cfg, "model": {k: v for k, v in cfg["model"].items() if k != "arch"}}
+    return spec.build(cfg).check()
 
 
 def default_threads(cfg: Mapping[str, Any]) -> int | None:
@@ -250,4 +263,4 @@ def default_threads(cfg: Mapping[str, Any]) -> int | None:
     return None if is_file(cfg["benchmark"]) else _benchmark(cfg["benchmark"]).threads(cfg)
 
 
-from . import qm9, synthetic  # noqa: E402,F401  (the built-ins register themselves; add new benchmarks here)
+from . import cityscapes, multimnist, nyuv2, office31, officehome, qm9, synthetic  # noqa: E402,F401,I001  (the built-ins register themselves; add new benchmarks here)
