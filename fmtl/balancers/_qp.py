@@ -1,29 +1,39 @@
-"""Exact convex quadratic programs in torch: non-negative QPs by block principal pivoting.
+"""Exact convex programs in torch: non-negative QPs and simplex problems by active-set methods.
 
 The Gramian-based methods (MGDA, UPGrad, DualProj, CAGrad) reduce to small convex programs over
 the T×T Gramian. This module holds the machinery they share:
 
 * :func:`equilibrate` rescales G to its cosine matrix C = D⁻¹GD⁻¹ (D = diag(‖g_t‖)) plus a
-  ridge of ``T·ε`` of the input dtype: a regularization *relative to each task's own squared
-  norm*, so gradient norms that differ by 10¹⁶ are solved as accurately as equal ones, and rows
-  that are exactly zero are set aside (each problem says what they get).
-* :func:`nnqp` solves ``min_{x ≥ 0} ½ xᵀCx + cᵀx`` for a batch of linear terms exactly, by
-  block principal pivoting (Júdice & Pires, 1994; Kim & Park, 2011) with Murty's single-pivot
-  backup, which is finite for positive-definite C. Each iteration is one batched linear solve on
-  the current free set; a few iterations suffice in practice, whatever T.
-* :func:`bounded_loop` runs an iteration until every problem is done, at most ``max_iter``
+  ridge of T·ε: a regularization *relative to each task's own squared norm*, so gradient norms
+  that differ by 10¹⁶ are solved as accurately as equal ones, and rows that are exactly zero
+  are set aside (each problem says what they get).
+* :func:`nnqp` solves ``min_{x ≥ 0} ½ xᵀCx + cᵀx`` for a batch of linear terms exactly: block
+  principal pivoting (:func:`pivoting`, a handful of batched Cholesky solves whatever T),
+  whose answer is kept where it meets the KKT conditions, and a primal active-set method
+  (robust to a singular C) where it does not.
+* :func:`simplex_program` minimizes bᵀy + φ√(yᵀCy) on a weighted simplex (MGDA, CAGrad's dual)
+  by Wolfe's active-set method with closed-form faces.
+* :func:`bounded_loop` runs an iteration while a problem is unfinished, at most ``max_iter``
   times: a Python loop with an early exit in eager mode, a ``torch.while_loop`` under
   ``torch.compile`` (one graph whatever the number of iterations, no data-dependent Python
-  control flow).
+  control flow). :func:`eager_inference` runs the many small ops without autograd's bookkeeping.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
+from torch.utils import _pytree as pytree
 
-__all__ = ["bounded_loop", "equilibrate", "masked_system", "nnqp", "pivoting", "simplex_program", "project_simplex"]
+__all__ = [
+    "bounded_loop", "eager_inference", "equilibrate", "masked_system", "nnqp", "pivoting", "simplex_program",
+    "project_simplex",
+]  # fmt: skip
+
+F = TypeVar("F", bound=Callable)
 
 _while_loop = getattr(torch, "while_loop", None)
 if _while_loop is None:  # torch < 2.13 keeps it private
@@ -34,37 +44,60 @@ if _while_loop is None:  # torch < 2.13 keeps it private
 _ZERO = 2.0**-900
 
 
-def bounded_loop(
-    body: Callable[..., tuple[torch.Tensor, ...]], carry: tuple[torch.Tensor, ...], max_iter: int
-) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """``carry = body(*carry)`` until ``carry[0]`` (a bool tensor, "done") is all true, ≤ ``max_iter`` times.
+def eager_inference(fn: F) -> F:
+    """Runs ``fn`` under ``torch.inference_mode`` when not compiling, and returns ordinary tensors.
 
-    Returns ``(iterations, carry)``. ``body`` must return tensors shaped like its inputs.
+    The solvers are many small ops; without autograd's bookkeeping each costs ~20 % less. They
+    are not differentiable anyway (their active sets are discrete). Outputs are cloned outside
+    inference mode, so callers may modify them in place.
 
     Example:
-        >>> def halve(done, x):
+        >>> double = eager_inference(lambda x: 2 * x)
+        >>> y = double(torch.ones(2)); y.add_(1)
+        tensor([3., 3.])
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return fn(*args, **kwargs)
+        with torch.inference_mode():
+            out = fn(*args, **kwargs)
+        return pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, out)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def bounded_loop(
+    body: Callable[..., tuple[torch.Tensor, ...]], carry: tuple[torch.Tensor, ...], max_iter: int
+) -> tuple[int | torch.Tensor, tuple[torch.Tensor, ...]]:
+    """``carry = body(*carry)`` while ``carry[0]`` (a bool tensor, "running") has a true entry, ≤ ``max_iter`` times.
+
+    Returns ``(iterations, carry)``: an int eagerly, a 0-d tensor under compile. ``body`` must
+    return tensors shaped like its inputs.
+
+    Example:
+        >>> def halve(running, x):
         ...     x = x / 2
-        ...     return x < 1, x
-        >>> n, (done, x) = bounded_loop(halve, (torch.tensor(False), torch.tensor(10.0)), 100)
+        ...     return x >= 1, x
+        >>> n, (running, x) = bounded_loop(halve, (torch.tensor(True), torch.tensor(10.0)), 100)
         >>> int(n), float(x)
         (4, 0.625)
     """
-    count = torch.zeros((), dtype=torch.int64, device=carry[0].device)
     if torch.compiler.is_compiling():
 
         def cond(i, *c):
-            return (i < max_iter) & ~c[0].all()
+            return (i < max_iter) & c[0].any()
 
         def step(i, *c):
             return (i + 1, *body(*c))
 
-        out = _while_loop(cond, step, (count, *carry))
+        out = _while_loop(cond, step, (torch.zeros((), dtype=torch.int64, device=carry[0].device), *carry))
         return out[0], tuple(out[1:])
-    for _ in range(max_iter):
-        if bool(carry[0].all()):
-            break
+    count = 0
+    while count < max_iter and bool(carry[0] if carry[0].dim() == 0 else carry[0].any()):
         carry = tuple(body(*carry))
-        count = count + 1
+        count += 1
     return count, carry
 
 
@@ -72,8 +105,9 @@ def equilibrate(G: torch.Tensor, ridge: float | None = None) -> tuple[torch.Tens
     """``(C, d, zero)``: the cosine matrix C = D⁻¹GD⁻¹ + δI in float64, d_t = ‖g_t‖, and the zero rows.
 
     The ridge δ is relative to each task's own squared norm, never to the Gramian's trace: by
-    default T·ε₆₄ where C + T·ε₆₄·I is numerically positive definite, else T·ε of ``G``'s dtype
-    (a float32 Gramian of nearly dependent gradients can be indefinite by ~10⁻⁷). Zero rows
+    default T·ε₆₄ where C + T·ε₆₄·I is numerically positive definite, else the shift that lifts
+    C's smallest eigenvalue to T·ε of ``G``'s dtype (a float32 Gramian of nearly dependent
+    gradients is indefinite by round-off, ~√P·ε₃₂ for P parameters). Zero rows
     (G_tt ≤ 2⁻⁹⁰⁰ max_s G_ss, or all of them if G = 0) get d_t = 1 and a zero row and column
     in C (δ on the diagonal).
 
@@ -87,19 +121,25 @@ def equilibrate(G: torch.Tensor, ridge: float | None = None) -> tuple[torch.Tens
         (tensor([2., 2., 1.], dtype=torch.float64), tensor([False, False,  True]))
     """
     T = G.shape[0]
+    # (G is not symmetrized: the factorizations read one triangle, and an asymmetry of round-off
+    # size moves the multipliers by as much)
     G64 = G.to(torch.float64)
-    G64 = (G64 + G64.T) / 2
     diag = torch.diagonal(G64).clamp_min(0.0)
     zero = diag <= diag.amax() * _ZERO
-    d = torch.where(zero, torch.ones_like(diag), diag.sqrt())
-    C = G64 / (d[:, None] * d[None, :])
-    C = torch.where(zero[:, None] | zero[None, :], torch.zeros_like(C), C)
-    eye = torch.eye(T, dtype=C.dtype, device=C.device)
+    inv = torch.where(zero, 1.0, diag.rsqrt())
+    # a zero row of G (a zero gradient) stays a zero row of C: its d_t is 1
+    C = G64 * torch.outer(inv, inv)
+    d = inv.reciprocal()
+    small = T * torch.finfo(torch.float64).eps if ridge is None else ridge
+    C.diagonal().add_(small)
     if ridge is not None:
-        return C + ridge * eye, d, zero
-    small = C + T * torch.finfo(torch.float64).eps * eye
-    definite = torch.linalg.cholesky_ex(small)[1] == 0
-    return torch.where(definite, small, C + T * torch.finfo(G.dtype).eps * eye), d, zero
+        return C, d, zero
+    definite = torch.linalg.cholesky_ex(C)[1] == 0
+    if not torch.compiler.is_compiling() and bool(definite):  # the common case: no eigenvalues needed
+        return C, d, zero
+    # indefinite by round-off: lift the smallest eigenvalue to T·ε of G's dtype
+    shift = (T * torch.finfo(G.dtype).eps - torch.linalg.eigvalsh(C)[0]).clamp_min(0.0)
+    return C + torch.where(definite, 0.0, shift) * torch.eye(T, dtype=C.dtype, device=C.device), d, zero
 
 
 def masked_system(C: torch.Tensor, free: torch.Tensor, eye: torch.Tensor | None = None) -> torch.Tensor:
@@ -120,44 +160,72 @@ def _solve(M: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_ex(M, rhs)[0]
 
 
+def _free_solve(C: torch.Tensor, rhs: torch.Tensor, free: torch.Tensor, eye: torch.Tensor):
+    """``(x, info)``: C_FF x_F = rhs_F and x_{F̄} = 0 for each row's free set F, by Cholesky.
+
+    ``info`` is non-zero for the rows whose C_FF is not numerically positive definite (x is then
+    garbage).
+    Eagerly, for large batches of large systems (UPGrad at T ≥ 32), only the free block is
+    factorized, padded to the largest free set of the batch (UPGrad's free sets are the few
+    conflicting tasks); under compile shapes stay fixed.
+    """
+    B, n = free.shape
+    if B * n >= 1024 and not torch.compiler.is_compiling():
+        k = int(free.sum(1).max())
+        if k == 0:
+            return torch.zeros_like(rhs), torch.zeros(B, dtype=torch.int32, device=rhs.device)
+        if k < n:
+            order = torch.argsort(free.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
+            sub = torch.gather(free, 1, order)
+            M = torch.where(sub[:, :, None] & sub[:, None, :], C[order[:, :, None], order[:, None, :]], eye[:k, :k])
+            L, info = torch.linalg.cholesky_ex(M)
+            y = torch.cholesky_solve(torch.where(sub, torch.gather(rhs, 1, order), 0.0)[..., None], L)[..., 0]
+            return torch.zeros_like(rhs).scatter(1, order, y), info
+    L, info = torch.linalg.cholesky_ex(masked_system(C, free, eye))
+    return torch.cholesky_solve(torch.where(free, rhs, 0.0)[..., None], L)[..., 0], info
+
+
 def pivoting(
     C: torch.Tensor, c: torch.Tensor, frozen: torch.Tensor, max_iter: int, tol: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Block principal pivoting for :func:`nnqp`'s problem: ``(x, converged)`` (fast; see :func:`nnqp`).
+    """Block principal pivoting for :func:`nnqp`'s problem: ``(x, certified)`` (fast; see :func:`nnqp`).
+
+    Every infeasible index changes side at once (the full exchange of Kim & Park, 2011, without
+    Murty's backup: a row that does not settle within ``max_iter`` is left to the active-set
+    method). The loop stops once no index is infeasible — x_F ≥ 0 and λ_{F̄} ≥ 0 up to ``tol``
+    relative to 1 + max|x|, with λ_F = 0 by the solve — so the answer meets the KKT conditions;
+    it is ``certified`` unless a factorization failed (a singular C_FF) or x is huge (≥ 10⁸, the
+    ridge at work: round-off then swamps the signs). Uncertified rows of x are not to be used.
 
     Example:
         >>> C = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
         >>> pivoting(C, torch.tensor([[-1.0, 1.0]], dtype=torch.float64), torch.zeros(2, dtype=torch.bool), 20, 1e-12)
         (tensor([[0.5000, 0.0000]], dtype=torch.float64), tensor([True]))
     """
-    B, n = c.shape
+    n = c.shape[1]
     eye = torch.eye(n, dtype=C.dtype, device=C.device)
-    index = torch.arange(n, device=c.device)
-    live, negative, zeros = ~frozen, -c, torch.zeros_like(c)
-    three = torch.full((B,), 3, dtype=torch.int64, device=c.device)
+    negative = -c
+    # eagerly, skip the mask when nothing is frozen (one op less per iteration)
+    live = None if not torch.compiler.is_compiling() and not bool(frozen.any()) else ~frozen
 
-    def body(done, x, lam, free, tries, best):
-        # x on the free set, λ off it: the KKT conditions ask both to be non-negative
-        bad = (torch.where(free, x, lam) < -tol * (1.0 + x.abs().amax(1, keepdim=True))) & live
-        count = bad.sum(1)
-        done = done | (count == 0)
-        better = count < best
-        single = index == (bad * index).argmax(1, keepdim=True)  # Murty: the largest infeasible index
-        free = free ^ (torch.where((better | (tries > 0))[:, None], bad, single) & ~done[:, None])
-        tries = torch.where(better, three, tries - 1)
-        best = torch.where(better, count, best)
-        new = _solve(masked_system(C, free, eye), torch.where(free, negative, zeros)[..., None])[..., 0]
-        x = torch.where(done[:, None], x, new)
-        return done, x, x @ C + c, free, tries, best
+    def infeasible(x: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
+        # x on the free set, λ = Cx + c off it: the KKT conditions ask both to be non-negative
+        slack = x.abs().amax(1, keepdim=True).mul_(-tol).sub_(tol)  # −tol (1 + max|x|)
+        bad = torch.where(free, x, torch.addmm(c, x, C)) < slack
+        return bad if live is None else bad & live
 
-    done = torch.zeros(B, dtype=torch.bool, device=c.device)
-    tries = torch.full((B,), 3, dtype=torch.int64, device=c.device)
-    best = torch.full((B,), n + 1, dtype=torch.int64, device=c.device)
-    none = torch.zeros_like(c, dtype=torch.bool)
-    # λ starts as a copy of c: a carried input must not alias what the body closes over (while_loop)
-    _, (done, x, *_) = bounded_loop(body, (done, torch.zeros_like(c), c.clone(), none, tries, best), max_iter)
-    # a singular C makes the iterates huge (≈ 1/ridge) and the test above meaningless
-    return x, done & (x.abs().amax(1) < 1e8)
+    def body(running, x, free, bad, info):
+        free = free ^ bad
+        x, info = _free_solve(C, negative, free, eye)  # (only the last solve's answer is kept)
+        bad = infeasible(x, free)
+        return bad.any(), x, free, bad, info
+
+    # at x = 0 (nothing free) the infeasible indices are those with c < 0
+    bad = c < -tol if live is None else (c < -tol) & live
+    none = torch.zeros_like(bad)
+    start = (bad.any(), torch.zeros_like(c), none, bad, torch.zeros(c.shape[0], dtype=torch.int32, device=c.device))
+    _, (_, x, _, bad, info) = bounded_loop(body, start, max_iter)
+    return x, ~bad.any(1) & (info == 0) & (x.abs().amax(1) < 1e8)
 
 
 def _active_set(C, c, frozen, x, free, done, max_iter: int, tol: float):
@@ -168,7 +236,7 @@ def _active_set(C, c, frozen, x, free, done, max_iter: int, tol: float):
     inf = torch.full_like(c, float("inf"))
     negative, zeros = -c, torch.zeros_like(c)
 
-    def body(done, x, free):
+    def body(running, x, free):
         z = _solve(masked_system(C, free, eye), torch.where(free, negative, zeros)[..., None])[..., 0]
         alpha, block = torch.where(free & (z < 0), x / (x - z), inf).min(1)  # x − z > 0 there
         blocked = alpha < 1
@@ -176,12 +244,12 @@ def _active_set(C, c, frozen, x, free, done, max_iter: int, tol: float):
         moved = torch.where(kept, (x + alpha.clamp_max(1.0)[:, None] * (z - x)).clamp_min(0.0), zeros)
         most, enter = torch.where(kept | frozen, inf, moved @ C + c).min(1)
         joins = (most < -tol * (1.0 + moved.abs().amax(1))) & ~blocked
-        keep = done[:, None]
+        keep = ~running[:, None]
         x = torch.where(keep, x, moved)
         free = torch.where(keep, free, kept | ((index == enter[:, None]) & joins[:, None]))
-        return done | (~blocked & ~joins), x, free
+        return running & (blocked | joins), x, free
 
-    iterations, (_, x, _) = bounded_loop(body, (done, x, free), max_iter)
+    iterations, (_, x, _) = bounded_loop(body, (~done, x, free), max_iter)
     return x, iterations
 
 
@@ -194,10 +262,11 @@ def nnqp(
     free sets F (x_F = −C_FF⁻¹c_F, x_{F̄} = 0):
 
     1. block principal pivoting (Júdice & Pires, 1994; Kim & Park, 2011) on the KKT conditions
-       x ≥ 0, λ = Cx + c ≥ 0, xᵀλ = 0: every infeasible index changes side at once while that
-       lowers their number, else only the largest one (Murty's finite rule). It needs a handful
-       of iterations whatever n, but its iterates are infeasible and, for a singular C, huge;
-    2. where that did not converge (a singular or badly conditioned C), the primal active-set
+       x ≥ 0, λ = Cx + c ≥ 0, xᵀλ = 0: every infeasible index changes side at once
+       (:func:`pivoting`). It needs a handful of iterations whatever n, but its iterates are
+       infeasible and, for a singular C, huge, so its answer is kept only where it meets the
+       KKT conditions;
+    2. where it does not (a singular or badly conditioned C, or a cycle), the primal active-set
        method (Nocedal & Wright, Alg. 16.3) from x = 0: x stays feasible and the objective
        decreases at every step; an index joins F only with a clearly negative multiplier, which
        keeps C_FF non-singular even when C is not.
@@ -219,11 +288,12 @@ def nnqp(
     scale = c.abs().amax(1, keepdim=True).clamp_min(torch.finfo(c.dtype).tiny)
     c = c / scale
     tol = 1e-13 * n
-    guess, converged = pivoting(C, c, frozen, max_iter, tol)
-    ok = converged[:, None]
-    x0 = guess.clamp_min(0.0) * ok
-    free = (x0 > 0) & ok
-    x, iterations = _active_set(C, c, frozen, x0, free, converged, max_iter, tol)
+    guess, certified = pivoting(C, c, frozen, max_iter, tol)
+    if not torch.compiler.is_compiling() and bool(certified.all()):
+        return guess.clamp_min(0.0) * scale, 0
+    ok = certified[:, None]
+    x0 = torch.where(ok, guess.clamp_min(0.0), 0.0)
+    x, iterations = _active_set(C, c, frozen, x0, (x0 > 0) & ok, certified, max_iter, tol)
     return x * scale, iterations
 
 
@@ -262,7 +332,7 @@ def simplex_program(
     tol = 1e-13 * n
     eye, zeros = torch.eye(n, dtype=C.dtype, device=C.device), torch.zeros_like(a)
 
-    def body(done, y, S):
+    def body(running, y, S):
         pq = _solve(masked_system(C, S, eye), torch.stack([torch.where(S, a, zeros), torch.where(S, b, zeros)], 1))
         p, q = pq[:, 0], pq[:, 1]
         A, B, c0 = a @ p, a @ q, b @ q
@@ -285,13 +355,12 @@ def simplex_program(
         slack = tol * (grad.abs().amax() + lam.abs().amax())
         most, enter = torch.where(~kept & ~frozen & ~blocked, lam, inf).min(0)
         joins = most < -slack
-        finished = ~blocked & ~joins
-        y = torch.where(done, y, moved)
-        S = torch.where(done, S, kept | (torch.nn.functional.one_hot(enter, n).to(torch.bool) & joins))
-        return done | finished, y, S
+        y = torch.where(running, moved, y)
+        S = torch.where(running, kept | (torch.nn.functional.one_hot(enter, n).to(torch.bool) & joins), S)
+        return running & (blocked | joins), y, S
 
-    done = torch.zeros((), dtype=torch.bool, device=C.device)
-    iterations, (_, y, _) = bounded_loop(body, (done, y, support), max_iter)
+    running = torch.ones((), dtype=torch.bool, device=C.device)
+    iterations, (_, y, _) = bounded_loop(body, (running, y, support), max_iter)
     return y, iterations
 
 

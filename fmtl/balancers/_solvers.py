@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ._qp import bounded_loop, equilibrate, nnqp, pivoting, simplex_program
+from ._qp import bounded_loop, eager_inference, equilibrate, nnqp, pivoting, simplex_program
 
 __all__ = [
     "min_norm_simplex",
@@ -56,6 +56,7 @@ def _weights_on_simplex(d: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
     return torch.where(zero, 0.0, m / d)
 
 
+@eager_inference
 def min_norm_simplex(G: torch.Tensor) -> torch.Tensor:
     """The minimum-norm point of the convex hull of the rows of J: ``argmin_{w ∈ Δ} wᵀ G w``.
 
@@ -84,6 +85,7 @@ def min_norm_simplex(G: torch.Tensor) -> torch.Tensor:
     return w.to(G.dtype)
 
 
+@eager_inference
 def cagrad_dual(G: torch.Tensor, c: float) -> torch.Tensor:
     """CAGrad's dual: ``argmin_{w ∈ Δ} wᵀ G a + c ‖g₀‖ √(wᵀ G w)`` with a = 1/T, ‖g₀‖ = √(aᵀGa).
 
@@ -115,6 +117,7 @@ def cagrad_dual(G: torch.Tensor, c: float) -> torch.Tensor:
     return torch.where(zero.all(), mean, w).to(G.dtype)  # G = 0: every w is optimal
 
 
+@eager_inference
 def project_dual_cone(G: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     """UPGrad's projections: row i of the result is ``argmin_{v ≥ u_i} vᵀ G v``.
 
@@ -159,7 +162,8 @@ def kkt_min_norm(G: torch.Tensor, w: torch.Tensor) -> float:
 def kkt_dual_cone(G: torch.Tensor, U: torch.Tensor, V: torch.Tensor) -> float:
     """How far each row v of ``V`` is from ``argmin_{v ≥ u} vᵀGv``'s optimality conditions (the largest).
 
-    v ≥ u, Gv ≥ 0 and (Gv)_t (v_t − u_t) = 0, relative to max_t G_tt and max|u|.
+    v ≥ u, Gv ≥ 0 and (Gv)_t (v_t − u_t) = 0, relative to max_t G_tt and to the size of the
+    problem, max(|u|, |v|) (v is homogeneous in u).
 
     Example:
         >>> G = torch.tensor([[1.0, -1.0], [-1.0, 2.0]], dtype=torch.float64)
@@ -169,7 +173,7 @@ def kkt_dual_cone(G: torch.Tensor, U: torch.Tensor, V: torch.Tensor) -> float:
     """
     G, U, V = G.to(torch.float64), U.to(torch.float64), V.to(torch.float64)
     s = torch.diagonal(G).amax().clamp_min(torch.finfo(G.dtype).tiny)
-    size = U.abs().amax(1).clamp_min(torch.finfo(G.dtype).tiny)
+    size = torch.maximum(U.abs().amax(1), V.abs().amax(1)).clamp_min(torch.finfo(G.dtype).tiny)
     GV = V @ G
     parts = [((U - V).clamp_min(0).amax(1) / size), ((-GV).clamp_min(0).amax(1) / (s * size)),
              ((GV * (V - U)).abs().amax(1) / (s * size * size))]
@@ -233,6 +237,7 @@ def nash_bargaining(G: torch.Tensor, alpha0: torch.Tensor, steps: int = 30) -> t
     return alpha.to(G.dtype), a.to(G.dtype)
 
 
+@eager_inference
 def alpha_fair(G: torch.Tensor, alpha: float, max_iter: int = 50) -> torch.Tensor:
     """FairGrad's α-fair weights: w > 0 with ``(G w)_t = w_t^{-1/α}`` (Ban & Ji, 2024, Eq. 4).
 
@@ -257,17 +262,17 @@ def alpha_fair(G: torch.Tensor, alpha: float, max_iter: int = 50) -> torch.Tenso
     kappa = (T / (ones @ Gn @ ones).clamp_min(1e-12)) ** (alpha / (alpha + 1.0))
     tiny = torch.finfo(Gn.dtype).tiny
 
-    def body(done, w):
+    def body(running, w):
         grad = Gn @ w - w.pow(p)
         H = Gn + torch.diag_embed(-p * w.pow(p - 1.0))
         step = torch.linalg.solve_ex(H, grad[:, None])[0][:, 0]
         decrement = (grad * step).sum().clamp_min(0.0)
         boundary = torch.where(step > 0, w / step.clamp_min(tiny), torch.full_like(w, float("inf"))).amin()
         tau = torch.minimum(1.0 / (1.0 + decrement.sqrt()), 0.99 * boundary)
-        w = torch.where(done, w, w - tau * step)
-        return done | (decrement < 1e-20), w
+        w = torch.where(running, w - tau * step, w)
+        return running & (decrement >= 1e-20), w
 
-    done = torch.zeros((), dtype=torch.bool, device=Gn.device)
-    _, (_, w) = bounded_loop(body, (done, kappa * ones), max_iter)
+    running = torch.ones((), dtype=torch.bool, device=Gn.device)
+    _, (_, w) = bounded_loop(body, (running, kappa * ones), max_iter)
     w = torch.where(torch.diagonal(G).sum() > 0, w * scale ** (-alpha / (alpha + 1.0)), ones)
     return w.to(G.dtype)

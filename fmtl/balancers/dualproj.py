@@ -6,12 +6,14 @@ import torch
 
 from ..base import Balancer, EmptyState
 from ._gradient import gramian_balancer
+from ._qp import eager_inference
 from ._solvers import project_dual_cone
 from .upgrad import upgrad_gramian
 
 __all__ = ["dualproj", "dualproj_weights"]
 
 
+@eager_inference
 def dualproj_weights(G: torch.Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-4) -> torch.Tensor:
     """DualProj's weights from the Gramian only: w = argmin_{v ≥ 1/T} vᵀ Ĝ v.
 
@@ -23,7 +25,8 @@ def dualproj_weights(G: torch.Tensor, norm_eps: float = 1e-4, reg_eps: float = 1
     """
     T = G.shape[0]
     u = torch.full((1, T), 1.0 / T, dtype=G.dtype, device=G.device)
-    return project_dual_cone(upgrad_gramian(G, norm_eps, reg_eps), u)[0]
+    # (the undecorated solver: this function already runs in inference mode)
+    return project_dual_cone.__wrapped__(upgrad_gramian(G, norm_eps, reg_eps), u)[0]
 
 
 def dualproj(norm_eps: float = 1e-4, reg_eps: float = 1e-4, log_transform: bool = False, eps: float = 1e-8) -> Balancer:

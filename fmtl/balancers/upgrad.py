@@ -6,6 +6,7 @@ import torch
 
 from ..base import Balancer, EmptyState
 from ._gradient import gramian_balancer
+from ._qp import eager_inference
 from ._solvers import project_dual_cone
 
 __all__ = ["upgrad", "upgrad_weights", "upgrad_gramian"]
@@ -19,12 +20,13 @@ def upgrad_gramian(G: torch.Tensor, norm_eps: float, reg_eps: float) -> torch.Te
         tensor([[0.7500, 0.0000],
                 [0.0000, 0.2500]])
     """
-    T = G.shape[0]
     trace = torch.diagonal(G).sum()
-    Gn = torch.where(trace < norm_eps, torch.zeros_like(G), G / trace.clamp_min(norm_eps))
-    return Gn + reg_eps * torch.eye(T, dtype=G.dtype, device=G.device)
+    Gn = G * torch.where(trace < norm_eps, 0.0, trace.clamp_min(norm_eps).reciprocal())
+    Gn.diagonal().add_(reg_eps)
+    return Gn
 
 
+@eager_inference
 def upgrad_weights(G: torch.Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-4) -> torch.Tensor:
     """UPGrad's weights from the Gramian only: w = Σ_i v_i, v_i = argmin_{v ≥ e_i/T} vᵀ Ĝ v.
 
@@ -39,7 +41,8 @@ def upgrad_weights(G: torch.Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-
     """
     T = G.shape[0]
     U = torch.eye(T, dtype=G.dtype, device=G.device) / T
-    return project_dual_cone(upgrad_gramian(G, norm_eps, reg_eps), U).sum(0)
+    # (the undecorated solver: this function already runs in inference mode)
+    return project_dual_cone.__wrapped__(upgrad_gramian(G, norm_eps, reg_eps), U).sum(0)
 
 
 def upgrad(norm_eps: float = 1e-4, reg_eps: float = 1e-4, log_transform: bool = False, eps: float = 1e-8) -> Balancer:
