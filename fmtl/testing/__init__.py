@@ -8,7 +8,7 @@
   TensorDicts of chosen T, rank, conditioning, norm spread and hard structures), losses, whole
   cases and toy problems.
 * The deterministic builders behind them: :func:`jacobian`, :func:`losses`, :func:`case`,
-  :func:`flat_case`, :func:`params_for`, :func:`toy_problem`, :func:`flatten`.
+  :func:`flat_case`, :func:`params_for`, :func:`toy_problem`, :func:`flatten`, :func:`unflatten`.
 
 hypothesis is needed for the first two (``pip install "fmtl[testing]"``); it is imported only
 when they are used.
@@ -24,10 +24,23 @@ Example:
 
 from __future__ import annotations
 
-from ._cases import HEAD, SHAPES, STRUCTURES, Case, case, flat_case, flatten, jacobian, losses, params_for, toy_problem
+from ._cases import (
+    HEAD,
+    SHAPES,
+    STRUCTURES,
+    Case,
+    case,
+    flat_case,
+    flatten,
+    jacobian,
+    losses,
+    params_for,
+    toy_problem,
+    unflatten,
+)
 from ._check import PROPERTIES, check_balancer
 
 __all__ = [
-    "PROPERTIES", "check_balancer", "Case", "case", "flat_case", "flatten", "jacobian", "losses", "params_for",
-    "toy_problem", "SHAPES", "HEAD", "STRUCTURES",
+    "PROPERTIES", "check_balancer", "Case", "case", "flat_case", "flatten", "unflatten", "jacobian", "losses",
+    "params_for", "toy_problem", "SHAPES", "HEAD", "STRUCTURES",
 ]  # fmt: skip

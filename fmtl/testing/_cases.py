@@ -27,6 +27,7 @@ __all__ = [
     "params_for",
     "case",
     "flatten",
+    "unflatten",
     "flat_case",
     "toy_problem",
 ]
@@ -52,8 +53,14 @@ def _size(shapes: Mapping[str, Any]) -> int:
     return sum(math.prod(s) for _, s in _leaf_shapes(shapes))
 
 
-def _split(matrix: torch.Tensor, shapes: Mapping[str, Any]) -> TensorDict:
-    """A [T, P] matrix as a [T]-stacked TensorDict shaped like ``shapes`` (row-major, in order)."""
+def unflatten(matrix: torch.Tensor, shapes: Mapping[str, Any] = SHAPES) -> TensorDict:
+    """A [T, P] matrix as a [T]-stacked TensorDict shaped like ``shapes`` (row-major, in order).
+
+    Example:
+        >>> unflatten(torch.arange(6.0).reshape(2, 3), {"a": (2,), "b": (1,)})["b"]
+        tensor([[2.],
+                [5.]])
+    """
     T = matrix.shape[0]
     out, start = {}, 0
     for key, shape in _leaf_shapes(shapes):
@@ -132,7 +139,7 @@ def jacobian(
             M[-1] = M[0]
         elif structure == "zero_row":
             M[-1] = 0.0
-    return _split(M.to(dtype), shapes)
+    return unflatten(M.to(dtype), shapes)
 
 
 def losses(num_tasks: int, spread: float = 10.0, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -162,7 +169,7 @@ def params_for(
         (['t0', 't1'], torch.Size([2, 2, 2]))
     """
     names = names or [f"t{i}" for i in range(num_tasks)]
-    shared = _split(torch.zeros(1, _size(shapes), dtype=dtype), shapes).apply(lambda v: v[0], batch_size=[])
+    shared = unflatten(torch.zeros(1, _size(shapes), dtype=dtype), shapes).apply(lambda v: v[0], batch_size=[])
     return TensorDict({"shared": shared, "tasks": {n: {"w": torch.zeros(HEAD, dtype=dtype)} for n in names}}, [])
 
 
