@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _train_helpers import TINY, results
 
 import fmtl
 from fmtl.balancers import _registry
@@ -49,6 +51,8 @@ def test_get_is_unchanged_unknown_names_and_hyperparameters_are_clear_errors():
         fmtl.balancers.get("nope")
     with pytest.raises(ValueError, match="'mgda' has no hyperparameter.*'lr'"):
         fmtl.balancers.get("mgda", lr=1.0)
+    with pytest.raises(ValueError, match="'gls' has no hyperparameter.*'log_transform'.*takes \\[\\]"):
+        fmtl.balancers.get("gls", log_transform=True)  # a factory without hyperparameters too
 
 
 def test_kinds_come_from_the_balancers_themselves():
@@ -111,3 +115,19 @@ def test_fmtl_list_shows_every_method_through_the_console_script(tmp_path):
     assert out.returncode == 0, out.stderr
     for name in NEW:
         assert name in out.stdout, name
+
+
+def test_the_new_methods_train_through_the_console_script(tmp_path):
+    fmtl_bin = Path(sys.executable).parent / "fmtl"
+    if not fmtl_bin.exists():
+        pytest.skip("no fmtl console script next to this interpreter")
+    out = tmp_path / "cmp"
+    args = [str(fmtl_bin), "compare", *TINY, "--epochs", "1", "--methods", ",".join(NEW), "--seeds", "1",
+            "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr
+    for name in NEW:
+        res = results(out / name / "seed0")
+        assert res["method"] == name and math.isfinite(res["delta_p"]), name
+    rows = [line.split("|")[1].strip() for line in (out / "table.md").read_text().splitlines() if line.startswith("| ")]
+    assert set(NEW) <= set(rows)

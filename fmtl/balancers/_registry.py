@@ -69,11 +69,12 @@ def _factory(name: str) -> Callable[..., Balancer]:
     return _FACTORIES[name]
 
 
-def _parameters(factory: Callable[..., Balancer]) -> dict[str, inspect.Parameter]:
+def _parameters(factory: Callable[..., Balancer]) -> dict[str, inspect.Parameter] | None:
+    """The factory's parameters; None when its signature cannot be read (nothing to check against)."""
     try:
         parameters = inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # a builtin or C callable: nothing to check against
-        return {}
+    except (TypeError, ValueError):  # a builtin or C callable
+        return None
     return dict(parameters)
 
 
@@ -89,9 +90,9 @@ def get(name: str, **hyperparameters: Any) -> Balancer:
     """
     factory = _factory(name)
     accepted = _parameters(factory)
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
-    unknown = sorted(set(hyperparameters) - set(accepted))
-    if accepted and unknown and not takes_any:
+    takes_any = accepted is None or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    unknown = sorted(set(hyperparameters) - set(accepted or {}))
+    if unknown and not takes_any:
         raise ValueError(f"balancer {name!r} has no hyperparameter(s) {unknown}; it takes {list(accepted)}")
     balancer = factory(**hyperparameters)
     if not isinstance(balancer, Balancer):
@@ -119,6 +120,6 @@ def hyperparameters(name: str) -> dict[str, Any]:
         >>> hyperparameters("cagrad")
         {'c': 0.5, 'rescale': 1, 'log_transform': False, 'eps': 1e-08}
     """
-    parameters = _parameters(_factory(name)).values()
+    parameters = (_parameters(_factory(name)) or {}).values()
     variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     return {p.name: p.default for p in parameters if p.kind not in variadic}
