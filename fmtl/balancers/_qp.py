@@ -137,8 +137,11 @@ def equilibrate(G: torch.Tensor, ridge: float | None = None) -> tuple[torch.Tens
     definite = torch.linalg.cholesky_ex(C)[1] == 0
     if not torch.compiler.is_compiling() and bool(definite):  # the common case: no eigenvalues needed
         return C, d, zero
-    # indefinite by round-off: lift the smallest eigenvalue to T·ε of G's dtype
-    shift = (T * torch.finfo(G.dtype).eps - torch.linalg.eigvalsh(C)[0]).clamp_min(0.0)
+    # indefinite by round-off: lift the smallest eigenvalue to T·ε of G's dtype. (eigvalsh raises
+    # on a non-finite matrix, even compiled: it sees zeros there, and the NaN stays in C, so the
+    # step's finiteness guard refuses the update instead)
+    finite = torch.where(torch.isfinite(C), C, 0.0)
+    shift = (T * torch.finfo(G.dtype).eps - torch.linalg.eigvalsh(finite)[0]).clamp_min(0.0)
     return C + torch.where(definite, 0.0, shift) * torch.eye(T, dtype=C.dtype, device=C.device), d, zero
 
 

@@ -35,7 +35,10 @@ def config_weights(G: torch.Tensor) -> torch.Tensor:
     # so that exactly dependent rows are treated as dependent whatever the summation order, and
     # components of 1, so that 1 ⟂ range(C) (e.g. g₂ = −g₁) gives b = 0, not a round-off direction
     eps = torch.finfo(G.dtype).eps
-    lam, V = torch.linalg.eigh(C)
+    # (eigh raises on a non-finite C, even compiled: it sees zeros there and w turns NaN, so the
+    # step's finiteness guard refuses the update instead)
+    finite = torch.isfinite(C).all()
+    lam, V = torch.linalg.eigh(torch.where(finite, C, 0.0))
     keep = lam > 32 * T * eps * lam.amax().clamp_min(0)
     p = V.T @ torch.ones_like(diag)
     p = torch.where(keep & (p.abs() > 32 * T * eps * T**0.5), p / lam.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
@@ -43,7 +46,7 @@ def config_weights(G: torch.Tensor) -> torch.Tensor:
     norm2 = beta @ G64 @ beta
     length = (G64 @ beta).sum()
     w = torch.where(norm2 > 0, length / norm2.clamp_min(torch.finfo(torch.float64).tiny), 0.0) * beta
-    return w.to(G.dtype)
+    return torch.where(finite, w, torch.nan).to(G.dtype)
 
 
 def config(log_transform: bool = False, eps: float = 1e-8) -> Balancer:

@@ -31,7 +31,11 @@ def imtl_g_weights(G: torch.Tensor) -> torch.Tensor:
     G64 = (G64 + G64.T) / 2
     G64 = G64 / torch.diagonal(G64).amax().clamp_min(torch.finfo(torch.float64).tiny)
     d = torch.diagonal(G64).clamp_min(0).sqrt()
-    v = torch.linalg.pinv(G64, hermitian=True, rtol=T * torch.finfo(G.dtype).eps) @ d
+    # pinv's eigh raises on a non-finite G, even compiled: it sees zeros there and α turns NaN,
+    # so the step's finiteness guard refuses the update instead
+    finite = torch.isfinite(G64).all()
+    v = torch.linalg.pinv(torch.where(finite, G64, 0.0), hermitian=True, rtol=T * torch.finfo(G.dtype).eps) @ d
+    v = torch.where(finite, v, torch.nan)
     total = v.sum()
     vanishes = total.abs() <= 1e-10 * v.abs().sum()
     alpha = torch.where(vanishes, torch.zeros_like(v), v / torch.where(vanishes, 1.0, total))
