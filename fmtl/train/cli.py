@@ -1,10 +1,12 @@
-"""The ``fmtl`` command line: ``fmtl train``, ``fmtl compare`` and ``fmtl list``.
+"""The ``fmtl`` command line: ``fmtl train``, ``fmtl compare``, ``fmtl tune`` and ``fmtl list``.
 
 Example (the README's first command; trains the STL baseline first, then DB-MTL, and prints
 the per-task test MAE table with Δp)::
 
     fmtl train --benchmark qm9 --method dbmtl
     fmtl train --problem my_problem.py:make --method dbmtl --device cuda   # your own problem
+    fmtl tune --benchmark qm9 --grid-preset paper-beta --seeds 3           # β chosen on validation
+    fmtl compare --benchmark qm9 --preset table5 --config runs/tune-qm9-dbmtl/selected.toml --seeds 3
 
 Settings come from, in increasing priority: the benchmark's defaults, ``--config FILE.toml``,
 then the command-line flags (method hyperparameters with ``--opt key=value``, dataset options
@@ -23,7 +25,7 @@ from typing import Any
 
 from ..amp import DTYPES
 from ..optim import names as optim_names
-from .config import DEFAULTS, load_toml, merge, parse_pairs
+from .config import DEFAULTS, for_method, load_toml, merge, parse_pairs
 
 __all__ = ["main", "build_parser", "config_from_args"]
 
@@ -81,10 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events (needs tensorboard)")
     _training_flags(t)
     c = sub.add_parser("compare", help="several methods x seeds, one paper-style table")
-    c.add_argument("--methods", required=True, help="comma-separated method names, e.g. ew,dbmtl,mgda")
+    c.add_argument("--methods", help="comma-separated method names, e.g. ew,dbmtl,mgda")
+    c.add_argument("--preset", metavar="NAME", help="the rows of a paper experiment instead of --methods: table5, "
+                   "fig1, fig5, fig6 (also writes NAME.md/.csv/.png in the paper's form)")  # fmt: skip
     c.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")
-    c.add_argument("--out", metavar="DIR", help="output directory (default runs/compare-<benchmark>)")
+    c.add_argument("--out", metavar="DIR", help="output directory (default runs/compare-<benchmark>, "
+                   "runs/<preset>-<benchmark> with --preset)")  # fmt: skip
     _training_flags(c)
+    u = sub.add_parser("tune", help="a hyperparameter grid x seeds, selected on validation Δp (the paper's protocol)")
+    u.add_argument("--method", help="the method tuned (default: the grid preset's, else dbmtl)")
+    u.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="values of one hyperparameter (repeatable; the grid is their cartesian product)")
+    u.add_argument("--grid-preset", metavar="NAME", help="a named grid: paper-beta (β ∈ {0.1, 0.5, 0.9} x "
+                   "beta_sigma ∈ {0, 0.5}, Section 4.1)")  # fmt: skip
+    u.add_argument("--seeds", type=int, default=1, help="number of seeds per grid point (0..N-1)")
+    u.add_argument("--out", metavar="DIR", help="output directory (default runs/tune-<benchmark>-<method>)")
+    _training_flags(u)
     sub.add_parser("list", help="list benchmarks and methods")
     return p
 
@@ -174,7 +188,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.epochs is not None:
             cfg["epochs"] = args.epochs
     else:
-        cfg = config_from_args(args)
+        cfg = for_method(config_from_args(args))  # a shared file's [opts.METHOD] tables (as fmtl tune writes)
         out = Path(args.out) if args.out else default_out(cfg)
     check(cfg)
     _set_threads(args, cfg)
@@ -189,27 +203,43 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import compare, split_opts
+    from . import presets
+    from .compare import compare, expand_rows
     from .device import resolve
     from .fit import check
     from .problems import label
 
     cfg = config_from_args(args)
     device = resolve(args.device)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not methods:
-        raise ValueError("--methods needs at least one method name")
+    methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
+    if args.preset and methods:
+        raise ValueError(f"--preset {args.preset} fixes the rows of the table; drop --methods")
+    if not methods and not args.preset:
+        raise ValueError("--methods needs at least one method name (or give --preset NAME)")
+    variants = presets.variants(args.preset) if args.preset else []
     check({**cfg, "method": "stl", "opts": {}})
-    for m, opts in split_opts(cfg["opts"], [m for m in methods if m != "stl"]).items():
-        check({**cfg, "method": m, "opts": opts})
+    for row in expand_rows([m for m in methods if m != "stl"], variants, cfg["opts"]).values():
+        check({**cfg, "method": row.method, "opts": row.opts})
     if args.seeds < 1:
         raise ValueError("--seeds must be >= 1")
     _set_threads(args, cfg)
-    out = Path(args.out or f"runs/compare-{label(cfg['benchmark'])}")
-    res = compare(cfg, methods, args.seeds, out, overwrite=args.overwrite, quiet=args.quiet, device=device)
+    out = Path(args.out or f"runs/{args.preset or 'compare'}-{label(cfg['benchmark'])}")
+    kw = {"overwrite": args.overwrite, "quiet": args.quiet, "device": device}
+    if args.preset:
+        res = presets.run_preset(cfg, args.preset, args.seeds, out, **kw)
+    else:
+        res = compare(cfg, methods, args.seeds, out, **kw)
     print(res["markdown"])
+    if args.preset:
+        print(f"\n{res['paper']}")
     print("written: " + ", ".join(str(p) for p in res["paths"]))
     return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from .tune import command
+
+    return command(args, config_from_args(args), _set_threads)
 
 
 def _list() -> int:
@@ -240,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "list":
             return _list()
-        return _train(args) if args.command == "train" else _compare(args)
+        return {"train": _train, "compare": _compare, "tune": _tune}[args.command](args)
     except TrainingDiverged as e:
         print(f"fmtl: error: {e}", file=sys.stderr)
         return EXIT_DIVERGED

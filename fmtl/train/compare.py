@@ -6,7 +6,9 @@ unfinished ones resumed. A row is a method (``--methods ew,dbmtl``) or a named v
 ``LABEL=METHOD:key=value,key=value`` (``--variant``, repeatable; :func:`parse_variant`), e.g.
 ``dbmtl-b05=dbmtl:beta=0.5`` next to plain ``dbmtl``. Hyperparameters: ``--opt key=value`` applies to
 every row, ``--opt METHOD.key=value`` to the rows of that method, a variant's own keys to it alone
-(:func:`expand_rows`). Each run is announced as "run 3 of 8: dbmtl seed 1" (:func:`plan`).
+(:func:`expand_rows`). Each run is announced as "run 3 of 8: dbmtl seed 1" (:func:`plan`). The loop over the runs is
+:func:`run_rows`, which ``fmtl tune`` (:mod:`fmtl.train.tune`) shares; the paper's ablations are
+fixed sets of variants (``--preset``, :mod:`fmtl.train.presets`).
 
 The table (Table 3 layout: the mean over seeds of each task's test metric, Δp mean ± std, the
 best MTL row of each column in bold) is written as ``table.md``, ``table.csv`` (per-seed values,
@@ -24,13 +26,14 @@ import torch
 
 from .. import atomic
 from . import runs
-from .config import nest_opts, parse_value
+from .config import method_opts, nest_opts, parse_value
 from .fit import fit
 from .plots import plot_delta_p
 from .problems import label as problem_label
 from .report import aggregate, compare_table, compare_tex
 
-__all__ = ["Row", "Job", "split_opts", "parse_variant", "expand_rows", "plan", "compare", "REFERENCE"]
+__all__ = ["Row", "Job", "split_opts", "parse_variant", "expand_rows", "plan", "run_rows", "compare",
+           "REFERENCE"]
 
 #: The name of the STL reference row (and of its runs' directory).
 REFERENCE = "stl"
@@ -71,14 +74,11 @@ def split_opts(opts: Mapping[str, Any], methods: Sequence[str]) -> dict[str, dic
         ...
         ValueError: --opt pcgrad.*: 'pcgrad' is not one of the methods being run (ew, dbmtl)
     """
-    nested = nest_opts(opts)
-    shared = {k: v for k, v in nested.items() if not isinstance(v, dict)}
-    tables = {k: v for k, v in nested.items() if isinstance(v, dict)}
-    unknown = [m for m in tables if m not in methods]
+    unknown = [m for m, v in nest_opts(opts).items() if isinstance(v, dict) and m not in methods]
     if unknown:
         raise ValueError(f"--opt {unknown[0]}.*: {unknown[0]!r} is not one of the methods being run "
                          f"({', '.join(methods)})")  # fmt: skip
-    return {m: {**shared, **tables.get(m, {})} for m in methods}
+    return {m: method_opts(opts, m) for m in methods}
 
 
 def parse_variant(text: str) -> Row:
@@ -153,6 +153,53 @@ def plan(rows: Mapping[str, Row], seeds: int) -> list[Job]:
     return jobs
 
 
+def run_rows(
+    base: Mapping[str, Any],
+    rows: Mapping[str, Row],
+    seeds: int,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    quiet: bool = False,
+    device: str | torch.device | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Trains (or reuses) the STL reference and every row for each seed; their results per label.
+
+    The runs go to ``<out>/stl/seed<s>`` and ``<out>/<row>/seed<s>``, each row's Δp measured
+    against its seed's STL run. Finished runs are reused, unfinished ones resumed (what
+    ``fmtl compare`` and ``fmtl tune`` share).
+
+    Args:
+        base: a configuration (method, seed and hyperparameters are replaced per run).
+        rows: the rows (:func:`expand_rows`), their ``opts`` already resolved.
+        seeds: seeds 0 … seeds−1.
+        out: the directory the runs go in.
+        overwrite, quiet, device: as for :func:`fmtl.train.fit`.
+
+    Returns:
+        ``{"stl": [results per seed], row label: [results per seed], ...}``.
+    """
+    out = Path(out)
+    jobs = plan(rows, seeds)
+    results: dict[str, list] = {REFERENCE: [], **{label: [] for label in rows}}
+    for i, job in enumerate(jobs, 1):
+        if not quiet:
+            print(f"fmtl: run {i} of {len(jobs)}: {job.label} seed {job.seed}", flush=True)
+        seed_cfg = {**base, "seed": job.seed, "opts": {}}
+        stl_dir = out / REFERENCE / f"seed{job.seed}"
+        run_dir = out / job.label / f"seed{job.seed}"
+        if job.label == REFERENCE:
+            res = fit(None, stl_dir, config=runs.stl_config(seed_cfg), resume=True, overwrite=overwrite, quiet=quiet,
+                      device=device)  # fmt: skip
+        else:
+            res = fit(None, run_dir, config={**seed_cfg, "method": job.method, "opts": job.opts}, resume=True,
+                      overwrite=overwrite, stl=str(stl_dir), quiet=quiet, device=device)  # fmt: skip
+        if res.pop("reused") and not quiet:
+            print(f"fmtl: reusing the finished run {run_dir}", flush=True)
+        results[job.label].append(res)
+    return results
+
+
 def compare(
     base: Mapping[str, Any],
     methods: Sequence[str],
@@ -180,23 +227,7 @@ def compare(
     """
     out = Path(out)
     rows = expand_rows([m for m in methods if m != REFERENCE], variants, base.get("opts") or {})
-    jobs = plan(rows, seeds)
-    results: dict[str, list] = {REFERENCE: [], **{label: [] for label in rows}}
-    for i, job in enumerate(jobs, 1):
-        if not quiet:
-            print(f"fmtl: run {i} of {len(jobs)}: {job.label} seed {job.seed}", flush=True)
-        seed_cfg = {**base, "seed": job.seed, "opts": {}}
-        stl_dir = out / REFERENCE / f"seed{job.seed}"
-        run_dir = out / job.label / f"seed{job.seed}"
-        if job.label == REFERENCE:
-            res = fit(None, stl_dir, config=runs.stl_config(seed_cfg), resume=True, overwrite=overwrite, quiet=quiet,
-                      device=device)  # fmt: skip
-        else:
-            res = fit(None, run_dir, config={**seed_cfg, "method": job.method, "opts": job.opts}, resume=True,
-                      overwrite=overwrite, stl=str(stl_dir), quiet=quiet, device=device)  # fmt: skip
-        if res.pop("reused") and not quiet:
-            print(f"fmtl: reusing the finished run {run_dir}", flush=True)
-        results[job.label].append(res)
+    results = run_rows(base, rows, seeds, out, overwrite=overwrite, quiet=quiet, device=device)
     table = {name: aggregate(rs) for name, rs in results.items()}
     table[REFERENCE]["delta_p"] = (0.0, 0.0)
     template = results[REFERENCE][0]

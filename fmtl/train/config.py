@@ -29,7 +29,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 __all__ = ["DEFAULTS", "TABLES", "RECORDS", "RESUMABLE", "parse_value", "parse_pairs", "load_toml", "dumps",
-           "merge", "nest_opts", "differences"]  # fmt: skip
+           "merge", "nest_opts", "method_opts", "for_method", "differences"]  # fmt: skip
 
 #: Every top-level setting and its default; ``None`` means "the benchmark's default".
 DEFAULTS: dict[str, Any] = {
@@ -140,6 +140,47 @@ def nest_opts(opts: Mapping[str, Any]) -> dict[str, Any]:
                              "options need the form METHOD.key=value")  # fmt: skip
         out[table] = {**out.get(table, {}), **items}
     return out
+
+
+def method_opts(opts: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """The hyperparameters of one method: the shared keys, then its own ``METHOD.key`` table (which wins).
+
+    The tables of other methods are left out, so one TOML file with ``[opts.dbmtl]`` and
+    ``[opts.pcgrad]`` tables (``fmtl compare``'s form, and what ``fmtl tune`` writes) also serves
+    ``fmtl train --method dbmtl``.
+
+    Example:
+        >>> method_opts({"eps": 1e-6, "dbmtl": {"beta": 0.5}, "pcgrad": {"seed": 1}}, "dbmtl")
+        {'eps': 1e-06, 'beta': 0.5}
+        >>> method_opts({"dbmtl.beta": 0.5}, "ew")
+        {}
+    """
+    nested = nest_opts(opts)
+    own = nested.get(method, {})
+    return {**{k: v for k, v in nested.items() if not isinstance(v, dict)}, **(own if isinstance(own, dict) else {})}
+
+
+def for_method(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """One run's configuration from a shared one: ``opts`` reduced to its method's (:func:`method_opts`).
+
+    A per-method table that names no registered method (a typo such as ``[opts.dbmlt]``) is an
+    error rather than silently left out.
+
+    Example:
+        >>> for_method({"method": "dbmtl", "opts": {"dbmtl": {"beta": 0.5}, "pcgrad": {"seed": 1}}})["opts"]
+        {'beta': 0.5}
+        >>> for_method({"method": "dbmtl", "opts": {"dbmlt.beta": 0.5}})
+        Traceback (most recent call last):
+        ...
+        ValueError: --opt dbmlt.*: 'dbmlt' is not a method; valid methods: ...
+    """
+    from .. import balancers
+
+    valid = [*balancers.names(), "stl"]
+    for table, v in nest_opts(cfg["opts"]).items():
+        if isinstance(v, dict) and table not in valid:
+            raise ValueError(f"--opt {table}.*: {table!r} is not a method; valid methods: {', '.join(sorted(valid))}")
+    return {**cfg, "opts": method_opts(cfg["opts"], cfg["method"])}
 
 
 def merge(*layers: Mapping[str, Any]) -> dict[str, Any]:

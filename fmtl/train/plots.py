@@ -1,4 +1,4 @@
-"""PNG plots of a run (paper Figs 8–10) and of a comparison (Δp per method), with matplotlib Agg.
+"""PNG plots of a run (paper Figs 8–10) and of a comparison (Δp per method; Figs. 1 and 5), with matplotlib Agg.
 
 From a run's ``metrics.jsonl``:
 
@@ -12,6 +12,10 @@ From a run's ``metrics.jsonl``:
 * ``plots/val_metrics.png`` — per epoch: each task's validation normalized error, and the
   validation (and test) Δp when an STL reference exists, else the mean normalized error.
 
+A comparison's Δp (%) with ± std error bars over seeds: :func:`plot_delta_p` (one bar per row),
+:func:`plot_delta_p_groups` (grouped bars, e.g. each method with and without the log transform,
+Fig. 1) and :func:`plot_delta_p_lines` (Δp against a hyperparameter, e.g. β, Fig. 5).
+
 Tasks are told apart by colour *and* line style (:func:`task_styles`: 10 colours × 4 styles,
 so up to 40 tasks are distinct; QM9 has 11). Missing values (``null`` in strict JSON) are gaps.
 """
@@ -24,7 +28,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["read_metrics", "task_styles", "plot_run", "plot_delta_p"]
+__all__ = ["read_metrics", "task_styles", "plot_run", "plot_delta_p", "plot_delta_p_groups", "plot_delta_p_lines"]
 
 
 def _pyplot():
@@ -254,12 +258,81 @@ def plot_delta_p(
     fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(names) + 2), 4))
     colors = ["tab:green" if v >= 0 else "tab:red" for v in means]
     ax.bar(names, means, yerr=stds, color=colors, capsize=3)
+    ax.tick_params(axis="x", rotation=45)
+    return _save_delta_p(plt, fig, ax, title, path, legend=False, grid="y")
+
+
+def _save_delta_p(plt, fig, ax, title: str, path: str | os.PathLike[str], legend: bool, grid: str) -> Path:
+    """The Δp axes' common finish (zero line, label, title, grid, legend), saved to ``path``."""
     ax.axhline(0.0, color="k", linewidth=0.6)
     ax.set_ylabel("Δp (%) ↑")
     ax.set_title(title)
-    ax.tick_params(axis="x", rotation=45)
-    ax.grid(axis="y", alpha=0.3)
+    if legend:
+        ax.legend(fontsize=8)
+    ax.grid(axis=grid, alpha=0.3)
     path = Path(path)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def plot_delta_p_groups(
+    groups: Mapping[str, Mapping[str, tuple[float, float]]], path: str | os.PathLike[str], title: str = "Δp vs STL"
+) -> Path:
+    """Grouped bar chart of Δp (%) with ± std error bars: one group per method, one bar per variant (paper Fig. 1).
+
+    Args:
+        groups: ``{group: {series: (mean, std)}}``; a series missing from a group leaves a gap,
+            and each series keeps one colour across groups (its legend entry).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> g = {"PCGrad": {"vanilla": (-3.0, 1.0), "+ log": (1.0, 0.5)}, "DB-MTL": {"+ log": (2.0, 0.2)}}
+        >>> plot_delta_p_groups(g, pathlib.Path(tempfile.mkdtemp()) / "g.png").exists()
+        True
+    """
+    plt = _pyplot()
+    series = list(dict.fromkeys(s for bars in groups.values() for s in bars))
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(groups) + 2), 4))
+    for i, s in enumerate(series):
+        xs = [g for g, name in enumerate(groups) if s in groups[name]]
+        bars = [groups[name][s] for name in groups if s in groups[name]]
+        ax.bar([x + (i - (len(series) - 1) / 2) * width for x in xs], [m for m, _ in bars], width,
+               yerr=[0.0 if not math.isfinite(e) else e for _, e in bars], capsize=3, label=s, color=f"C{i}")
+    ax.set_xticks(range(len(groups)), list(groups), rotation=30, ha="right")
+    return _save_delta_p(plt, fig, ax, title, path, legend=True, grid="y")
+
+
+def plot_delta_p_lines(
+    lines: Mapping[str, Sequence[tuple[float, float, float]]],
+    path: str | os.PathLike[str],
+    xlabel: str,
+    title: str = "Δp vs STL",
+    reference: tuple[str, float] | None = None,
+) -> Path:
+    """Δp (%) against a hyperparameter, one line per series with ± std error bars (paper Fig. 5).
+
+    Args:
+        lines: ``{series: [(x, mean, std), ...]}``.
+        xlabel: the hyperparameter's name.
+        reference: ``(label, Δp)`` drawn as a dotted horizontal line (e.g. β = 0, no EMA).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> lines = {"β": [(0.1, 1.0, 0.5), (0.9, -2.0, 1.0)], "β/k^0.5": [(0.1, 2.0, 0.1), (0.9, 1.5, 0.3)]}
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "l.png"
+        >>> plot_delta_p_lines(lines, path, "β", reference=("β = 0", 0.5)).exists()
+        True
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (name, points) in enumerate(lines.items()):
+        pts = sorted(points)
+        ax.errorbar([x for x, _, _ in pts], [m for _, m, _ in pts], yerr=[0.0 if not math.isfinite(e) else e
+                                                                          for _, _, e in pts],
+                    marker="o", capsize=3, label=name, color=f"C{i}")  # fmt: skip
+    if reference is not None:
+        ax.axhline(reference[1], color="k", linestyle=":", linewidth=1, label=reference[0])
+    ax.set_xlabel(xlabel)
+    return _save_delta_p(plt, fig, ax, title, path, legend=True, grid="both")

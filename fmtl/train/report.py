@@ -18,7 +18,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-__all__ = ["fmt", "run_table", "aggregate", "compare_table", "compare_tex", "mean_normalized_loss"]
+__all__ = ["fmt", "run_table", "mean_std", "pm", "aggregate", "compare_table", "compare_tex", "mean_normalized_loss"]
 
 
 def fmt(v: float | None) -> str:
@@ -74,7 +74,13 @@ def _num(v: Any) -> float:
     return math.nan if v is None else float(v)
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std (0 for one value) of the values that are not NaN; ``(nan, nan)`` for none.
+
+    Example:
+        >>> mean_std([1.0, 3.0, float("nan")]), mean_std([2.0])
+        ((2.0, 1.4142135623730951), (2.0, 0.0))
+    """
     vals = [v for v in values if not math.isnan(v)]
     if not vals:
         return math.nan, math.nan
@@ -96,10 +102,10 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                                                        for t, ms in r["selected"]["test"].items()},
                  "delta_p": _num(r.get("delta_p"))} for i, r in enumerate(runs)]  # fmt: skip
     first = per_seed[0]["metrics"]
-    stats = {t: {m: _mean_std([s["metrics"][t][m] for s in per_seed]) for m in ms} for t, ms in first.items()}
+    stats = {t: {m: mean_std([s["metrics"][t][m] for s in per_seed]) for m in ms} for t, ms in first.items()}
     return {"metrics": {t: {m: v[0] for m, v in ms.items()} for t, ms in stats.items()},
             "metrics_std": {t: {m: v[1] for m, v in ms.items()} for t, ms in stats.items()},
-            "delta_p": _mean_std([s["delta_p"] for s in per_seed]), "seeds": len(runs),
+            "delta_p": mean_std([s["delta_p"] for s in per_seed]), "seeds": len(runs),
             "per_seed": per_seed}  # fmt: skip
 
 
@@ -116,11 +122,19 @@ def _best(rows: Mapping[str, Mapping[str, Any]], template: Mapping[str, Any], re
     return best
 
 
-def _delta_p_cell(name: str, r: Mapping[str, Any], reference: str | None, pm: str) -> str:
-    if name == reference:
-        return "0 (reference)"
-    mean, std = r["delta_p"]
-    return "-" if math.isnan(mean) else f"{mean:+.2f} {pm} {std:.2f}"
+def pm(stats: tuple[float, float], sign: str = "±") -> str:
+    """A Δp ``(mean, std)`` as ``+1.05 ± 0.20`` (two decimals, the sign always shown); ``-`` for NaN.
+
+    Example:
+        >>> pm((1.049, 0.2)), pm((-58.1, 3.89)), pm((float("nan"), 0.0))
+        ('+1.05 ± 0.20', '-58.10 ± 3.89', '-')
+    """
+    mean, std = stats
+    return "-" if math.isnan(mean) else f"{mean:+.2f} {sign} {std:.2f}"
+
+
+def _delta_p_cell(name: str, r: Mapping[str, Any], reference: str | None, sign: str) -> str:
+    return "0 (reference)" if name == reference else pm(r["delta_p"], sign)
 
 
 def compare_table(
