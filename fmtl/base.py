@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import torch
 from tensordict import TensorDict
 
-__all__ = ["TaskGradients", "Balancer", "EmptyState", "LossWeights"]
+__all__ = ["TaskGradients", "Balancer", "EmptyState", "LossWeights", "KINDS"]
 
 
 class TaskGradients(NamedTuple):
@@ -52,6 +52,9 @@ LossWeights = Callable[
     [torch.Tensor, Any, TensorDict], "tuple[torch.Tensor, Any, dict[str, torch.Tensor]]"
 ]
 
+# What a balancer needs from the task gradients (``Balancer.kind``).
+KINDS = ("loss", "gramian", "jacobian")
+
 
 class Balancer(NamedTuple):
     """An MTL method as a pair of pure functions (optax's ``GradientTransformation`` shape).
@@ -67,6 +70,12 @@ class Balancer(NamedTuple):
     backward pass instead of computing the T task gradients. Their ``update`` computes the
     same thing from a given Jacobian, so every method is testable on random Jacobians.
 
+    ``kind`` says what the weights are computed from (TorchJD's weighting/aggregator split made
+    visible in the type): ``"loss"`` — the losses only (``loss_weights`` is set); ``"gramian"``
+    — the T×T Gramian J Jᵀ and the losses, and θ gets Jᵀw (built with
+    :func:`fmtl.balancers.gramian_balancer`); ``"jacobian"`` — anything else (J itself, an EMA of
+    it, …; the default, so a hand-written ``Balancer(init, update)`` claims nothing).
+
     Purity contract: neither function mutates its inputs; same inputs give same outputs.
 
     Example:
@@ -81,8 +90,11 @@ class Balancer(NamedTuple):
         >>> grad, state, info = b.update(g, state, params)
         >>> grad["shared", "w"]
         tensor([2., 2., 2.])
+        >>> b.kind
+        'loss'
     """
 
     init: Callable[[TensorDict, int], Any]
     update: Callable[[TaskGradients, Any, TensorDict], tuple[TensorDict, Any, dict]]
     loss_weights: LossWeights | None = None
+    kind: str = "jacobian"

@@ -199,10 +199,11 @@ def _log_variants() -> list[tuple[str, dict]]:
 def test_negative_loss_under_a_log_transform_poisons_the_update_where_it_cannot_raise(name, opts, monkeypatch):
     """Eagerly a negative loss under log(ℓ + ε) raises; compiled (simulated here by
     ``is_compiling``, for every method at once) the update turns non-finite, so the guard refuses it."""
-    from _balancer_samplers import params_for, task_gradients
+    import fmtl.testing
 
     balancer = fmtl.balancers.get(name, **opts)
-    params, grads = params_for(3), task_gradients(3, 3, seed=0)
+    tiny = fmtl.testing.case(3, steps=1, seed=0)  # tasks t0, t1, t2, full-rank multi-leaf J
+    params, grads = tiny.params, tiny.grads[0]
     grads = grads._replace(losses=grads.losses * torch.tensor([1.0, -1.0, 1.0]))
     with pytest.raises(ValueError, match="task 't1' has loss -"):
         balancer.update(grads, balancer.init(params, 3), params)

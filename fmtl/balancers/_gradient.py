@@ -88,4 +88,4 @@ def gramian_balancer(
         w, w_tasks, state, info = weighting(gramian(grads.shared), grads.losses, state)
         return finish(combine(w, grads.shared), w_tasks, grads.tasks), state, {**info, "weights": w}
 
-    return Balancer(init, update)
+    return Balancer(init, update, None, "gramian")

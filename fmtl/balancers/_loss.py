@@ -64,7 +64,7 @@ def loss_balancer(init: Callable[[TensorDict, int], Any], weights: WeightFn) -> 
         w, state, info = loss_weights(grads.losses, state, params)
         return assemble(combine(w, grads.shared), weighted_tasks(w, grads.tasks)), state, info
 
-    return Balancer(init, update, loss_weights)
+    return Balancer(init, update, loss_weights, "loss")
 
 
 class LearnedState(NamedTuple):

@@ -20,7 +20,10 @@ _GOLDEN = 0x9E3779B9
 
 
 def _mix(x: torch.Tensor) -> torch.Tensor:
-    # A bijection of [0, 2**32): xor-shift, multiply by an odd constant, twice.
+    # A bijection of [0, 2**32): add the golden-ratio constant (SplitMix's Weyl step, so that 0
+    # does not map to 0 — without it seed 0, step 0 drew exactly 0 and a uniform of 2⁻³³), then
+    # xor-shift and multiply by an odd constant, twice.
+    x = (x + _GOLDEN) & _MASK
     x = (((x >> 16) ^ x) * _MUL) & _MASK
     x = (((x >> 16) ^ x) * _MUL) & _MASK
     return (x >> 16) ^ x

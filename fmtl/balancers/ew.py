@@ -46,4 +46,4 @@ def ew(log_transform: bool = False, eps: float = 1e-8) -> Balancer:
         w = torch.ones_like(grads.losses)
         return assemble(combine(w, grads.shared), weighted_tasks(w, grads.tasks)), state, {"weights": w}
 
-    return Balancer(init, update, loss_weights)
+    return Balancer(init, update, loss_weights, "loss")

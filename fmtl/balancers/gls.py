@@ -50,4 +50,6 @@ def gls() -> Balancer:
 
         return g
 
-    return Balancer(init, checked(inner.update, lambda g: g.losses), checked(inner.loss_weights, lambda x: x))
+    # (_replace keeps the loss balancer's kind)
+    return inner._replace(update=checked(inner.update, lambda g: g.losses),
+                          loss_weights=checked(inner.loss_weights, lambda x: x))  # fmt: skip

@@ -23,7 +23,9 @@ class GradNormState(NamedTuple):
     initial: torch.Tensor
 
 
-def gradnorm(alpha: float = 1.5, lr: float = 1e-3, log_transform: bool = False, eps: float = 1e-8) -> Balancer:
+def gradnorm(
+    alpha: float = 1.5, lr: float = 1e-3, log_transform: bool = False, eps: float = 1e-8, weight_heads: bool = False
+) -> Balancer:
     """GradNorm (Chen et al., 2018b): weights w = T softmax(ξ), ξ trained on the GradNorm loss.
 
     .. math::
@@ -34,7 +36,10 @@ def gradnorm(alpha: float = 1.5, lr: float = 1e-3, log_transform: bool = False, 
     sign(G_t − Ḡ r_t^α), z = softmax(ξ); ξ takes one Adam step (``lr``) per call after the
     weights are read. Norms come from the Gramian's diagonal. As LibMTL, w = T softmax(ξ);
     ℓ(0) are the first step's losses (the original paper; LibMTL uses the first epoch's mean
-    after an EW epoch). The weights touch θ and every ψ_t (paper Sec. 2.2).
+    after an EW epoch). Heads: by default ψ_t gets ∇ψ_t ℓ_t unweighted, as LibMTL (every loss is
+    back-propagated once, then only the shared gradients are replaced by Jᵀw), whose
+    implementation produced the paper's GradNorm numbers; ``weight_heads=True`` scales them by
+    w_t, as the original's weighted loss Σ_t w_t ℓ_t and the paper's Sec. 2.2.
 
     Example:
         >>> import torch, fmtl
@@ -67,6 +72,7 @@ def gradnorm(alpha: float = 1.5, lr: float = 1e-3, log_transform: bool = False, 
         target = weighted.mean() * (rate / rate.mean()) ** alpha
         v = T * norms * torch.sign(weighted - target)
         logits = learned_step(state.logits, z * (v - (z * v).sum()), optimizer)
-        return w, w, GradNormState(state.count + 1, logits, initial), {"logits": state.logits.value}
+        heads = w if weight_heads else None
+        return w, heads, GradNormState(state.count + 1, logits, initial), {"logits": state.logits.value}
 
     return gramian_balancer(weighting, init, log_transform=log_transform, eps=eps)

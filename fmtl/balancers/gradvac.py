@@ -30,7 +30,8 @@ def gradvac_coefficients(
 
     For task i and j ≠ i in ``orders[i]``, with φ_ij = cos(g_i^GV, g_j) and target φ̂_ij:
     if φ_ij < φ̂_ij, g_i^GV += ‖g_i^GV‖ (φ̂ √(1−φ²) − φ √(1−φ̂²)) / (‖g_j‖ √(1−φ̂²)) g_j; then
-    φ̂_ij ← (1−β) φ̂_ij + β φ_ij.
+    φ̂_ij ← (1−β) φ̂_ij + β φ_ij (at every visit). φ is clamped to [−1, 1] and 1 − φ̂² to at
+    least T·ε of G's dtype (see :func:`gradvac`).
 
     Example:
         >>> G = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # orthogonal: φ = 0 < φ̂ = ½ for both
@@ -44,15 +45,24 @@ def gradvac_coefficients(
     C = torch.eye(T, dtype=torch.float64, device=G.device)
     rows = torch.arange(T, device=G.device)
     norms = torch.diagonal(G64).clamp_min(0).sqrt()
+    resolution = T * torch.finfo(G.dtype).eps
+    # LibMTL's 10⁻⁸ guards, in units of the largest gradient norm (they are absolute there, which
+    # breaks the method's invariance to the scale of the gradients)
+    unit = norms.amax().clamp_min(torch.finfo(torch.float64).tiny)
     for p in range(T):
         j = orders[:, p]
         onehot = F.one_hot(j, T).to(torch.float64)
         CG = C @ G64
         pc_norm = (CG * C).sum(1).clamp_min(0).sqrt()
-        phi = CG[rows, j] / (pc_norm * norms[j] + 1e-8)
+        # a cosine: nearly cancelled gradients (rank-deficient J) otherwise give |φ| > 1 from
+        # round-off, and a target outside [−1, 1] whose √(1 − φ̂²) = 0 blows the correction up
+        phi = (CG[rows, j] / (pc_norm * norms[j] + 1e-8 * unit * unit)).clamp(-1.0, 1.0)
         phi_hat = target[rows, j]
-        sin, sin_hat = (1 - phi * phi).clamp_min(0).sqrt(), (1 - phi_hat * phi_hat).clamp_min(0).sqrt()
-        w = pc_norm * (phi_hat * sin - phi * sin_hat) / (norms[j] * sin_hat + 1e-8)
+        # cosines from a Gramian in G.dtype resolve sines only down to ~√ε: below that √(1 − φ̂²)
+        # is round-off, and dividing by it amplifies the round-off in φ (near-parallel gradients)
+        sin = (1 - phi * phi).clamp_min(0).sqrt()
+        sin_hat = (1 - phi_hat * phi_hat).clamp_min(resolution).sqrt()
+        w = pc_norm * (phi_hat * sin - phi * sin_hat) / (norms[j] * sin_hat + 1e-8 * unit)
         other = j != rows
         C = C + torch.where((phi < phi_hat) & other, w, 0.0)[:, None] * onehot
         visited = (onehot > 0) & other[:, None]
@@ -69,9 +79,15 @@ def gradvac(beta: float = 0.5, seed: int = 0, log_transform: bool = False, eps: 
         \\ \\text{if } \\phi_{ij} < \\hat\\phi_{ij},\\qquad
         \\hat\\phi_{ij} \\leftarrow (1-\\beta)\\hat\\phi_{ij} + \\beta\\phi_{ij}
 
-    (LibMTL's ``group_type=0``.) The EMA φ̂ is updated at every visit as in the paper's
-    Algorithm 1 (LibMTL updates it only when the condition fires). Targets start at 0; the
-    visiting orders come from ``(seed, step count)``. Only θ is touched; ψ_t gets ∇ψ_t ℓ_t.
+    (LibMTL's ``group_type=0``.) The EMA φ̂ is updated at every visit, as the paper's
+    Algorithm 1, LibMTL since its February 2024 fix (commit d2d84fa; before it, only when the
+    condition fired) and TorchJD. Targets start at 0; task i visits the other tasks j ≠ i in an
+    order drawn from ``(seed, step count)``. Two guards against round-off, which change nothing
+    on well-conditioned inputs: φ is clamped to [−1, 1], and 1 − φ̂² to at least T·ε of G's
+    dtype (the cosines' resolution) in the denominator; without them float32 rank-1 Jacobians of
+    mixed signs (nearly cancelled g_i^GV) reached ‖g̃‖ = 10¹⁰ by the third call. LibMTL's and
+    TorchJD's 10⁻⁸ guards in the denominators are taken relative to max_t ‖g_t‖ (squared in the
+    cosine), so the update scales with the gradients. Only θ is touched; ψ_t gets ∇ψ_t ℓ_t.
 
     Example:
         >>> import torch, fmtl

@@ -9,31 +9,37 @@ from ._gradient import gramian_balancer
 
 __all__ = ["imtl_g", "imtl_g_weights"]
 
-_RIDGE = 1e-12
-
-
 def imtl_g_weights(G: torch.Tensor) -> torch.Tensor:
-    """IMTL-G's α (Σ α_t = 1) from the Gramian only.
+    """IMTL-G's α (Σ α_t = 1) from the Gramian only: α = G⁺d / 1ᵀG⁺d, d_t = ‖g_t‖.
 
-    With u_t = g_t/‖g_t‖, D = [g₁ − g_t]_{t≥2}, U = [u₁ − u_t]_{t≥2}:
-    α_{2:T} = g₁ Uᵀ (D Uᵀ)⁻¹, α₁ = 1 − Σ α_{2:T}. Every entry is an inner product
-    ⟨g_i, u_j⟩ = G_ij / √G_jj. Solved in float64 as ridge least squares (a singular D Uᵀ —
-    parallel gradients — has many solutions; the ridge picks the smallest).
+    ⟨Jᵀα, u_t⟩ = (Gα)_t/d_t is the same for every t iff Gα ∝ d, so for full-rank J this is
+    the original's α_{2:T} = g₁Uᵀ(DUᵀ)⁻¹, α₁ = 1 − Σ α_{2:T} (D = [g₁ − g_t], U = [u₁ − u_t]).
+    For rank-deficient J (parallel or dependent gradients) it is TorchJD's pseudo-inverse
+    generalization ("Jacobian Descent", Sec. on IMTL-G): G⁺ in float64 on G / max_t G_tt,
+    eigenvalues below T·ε (of G's dtype) times the largest cut off, as ``torch.linalg.pinv``. If
+    1ᵀG⁺d vanishes (≤ 10⁻¹⁰ Σ|G⁺d|, e.g. g₂ = −g₁) α = 0, as TorchJD (whose test is absolute,
+    |1ᵀG⁺d| < 10⁻¹²).
 
     Example:
         >>> imtl_g_weights(torch.tensor([[1.0, 0.0], [0.0, 4.0]]))  # α ∝ 1/‖g_t‖ for orthogonal g
         tensor([0.6667, 0.3333])
+        >>> imtl_g_weights(torch.tensor([[1.0, 2.0], [2.0, 4.0]]))  # g₂ = 2g₁: G⁺d ∝ (1, 2)
+        tensor([0.3333, 0.6667])
     """
     T = G.shape[0]
     G64 = G.to(torch.float64)
-    G64 = G64 / (torch.diagonal(G64).sum() / T).clamp_min(torch.finfo(torch.float64).tiny)
-    n = torch.diagonal(G64).clamp_min(0).sqrt().clamp_min(1e-30)
-    C = G64 / n[None, :]  # C_ij = ⟨g_i, u_j⟩
-    M = C[0, 0] - C[0, 1:][None, :] - C[1:, 0][:, None] + C[1:, 1:]  # (D Uᵀ)_ab
-    r = C[0, 0] - C[0, 1:]  # (g₁ Uᵀ)_b
-    eye = torch.eye(T - 1, dtype=M.dtype, device=M.device)
-    x = torch.linalg.solve(M @ M.T + _RIDGE * eye, M @ r)  # x M = r
-    return torch.cat([1 - x.sum().reshape(1), x]).to(G.dtype)
+    G64 = (G64 + G64.T) / 2
+    G64 = G64 / torch.diagonal(G64).amax().clamp_min(torch.finfo(torch.float64).tiny)
+    d = torch.diagonal(G64).clamp_min(0).sqrt()
+    # pinv's eigh raises on a non-finite G, even compiled: it sees zeros there and α turns NaN,
+    # so the step's finiteness guard refuses the update instead
+    finite = torch.isfinite(G64).all()
+    v = torch.linalg.pinv(torch.where(finite, G64, 0.0), hermitian=True, rtol=T * torch.finfo(G.dtype).eps) @ d
+    v = torch.where(finite, v, torch.nan)
+    total = v.sum()
+    vanishes = total.abs() <= 1e-10 * v.abs().sum()
+    alpha = torch.where(vanishes, torch.zeros_like(v), v / torch.where(vanishes, 1.0, total))
+    return alpha.to(G.dtype)
 
 
 def imtl_g(log_transform: bool = False, eps: float = 1e-8) -> Balancer:

@@ -36,8 +36,9 @@ def metabalance(
     initialized to the first step's norms. The original has one target task and auxiliaries:
     ``target=i`` uses m_⋆ = m_i; the default ``None`` treats all tasks alike with
     m_⋆ = max_t m_t (every task is lifted toward the largest magnitude, like DB-MTL's α = max).
-    Needs J (per-leaf norms). Only θ is touched; ψ_t gets ∇ψ_t ℓ_t. ``info["weights"]`` is the
-    mean scale factor of each task over the leaves.
+    Needs J (per-leaf norms). A task whose moving norm on a leaf is 0 keeps factor 1 there. Only θ
+    is touched; ψ_t gets ∇ψ_t ℓ_t. ``info["weights"]`` is the mean scale factor of each task over
+    the leaves.
 
     Example:
         >>> import torch, fmtl
@@ -59,7 +60,8 @@ def metabalance(
 
     def factor(m: torch.Tensor) -> torch.Tensor:
         star = m.amax() if target is None else m[target]
-        return relax * star / m.clamp_min(torch.finfo(m.dtype).tiny) + (1 - relax)
+        # a task whose gradient on this leaf has been 0 has nothing to scale: factor 1, not ∞·0
+        return torch.where(m > 0, relax * star / m.clamp_min(torch.finfo(m.dtype).tiny) + (1 - relax), 1.0)
 
     def update(grads: TaskGradients, state: MetaBalanceState, params: TensorDict):
         grads = prepare(grads, params, log_transform, eps)

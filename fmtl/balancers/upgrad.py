@@ -6,26 +6,43 @@ import torch
 
 from ..base import Balancer, EmptyState
 from ._gradient import gramian_balancer
+from ._qp import eager_inference
 from ._solvers import project_dual_cone
 
-__all__ = ["upgrad", "upgrad_weights"]
+__all__ = ["upgrad", "upgrad_weights", "upgrad_gramian"]
 
 
+def upgrad_gramian(G: torch.Tensor, norm_eps: float, reg_eps: float) -> torch.Tensor:
+    """TorchJD's normalized, regularized Gramian: Ĝ = G / tr(G) + reg_eps·I (Ĝ = reg_eps·I if tr(G) < norm_eps).
+
+    Example:
+        >>> upgrad_gramian(torch.tensor([[3.0, 0.0], [0.0, 1.0]]), 1e-4, 0.0)
+        tensor([[0.7500, 0.0000],
+                [0.0000, 0.2500]])
+    """
+    trace = torch.diagonal(G).sum()
+    Gn = G * torch.where(trace < norm_eps, 0.0, trace.clamp_min(norm_eps).reciprocal())
+    Gn.diagonal().add_(reg_eps)
+    return Gn
+
+
+@eager_inference
 def upgrad_weights(G: torch.Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-4) -> torch.Tensor:
     """UPGrad's weights from the Gramian only: w = Σ_i v_i, v_i = argmin_{v ≥ e_i/T} vᵀ Ĝ v.
 
-    Ĝ = G / tr(G) + reg_eps·I (zero Gramian if tr(G) < norm_eps), as TorchJD and LibMTL.
+    Ĝ = :func:`upgrad_gramian` (TorchJD's and LibMTL's regularization). The projections are
+    exact (:func:`fmtl.balancers._solvers.project_dual_cone`) even for ``reg_eps=0`` with a
+    singular Ĝ: duplicate rows, a zero row, or a Gramian below ``norm_eps`` (then Ĝ = 0 and every
+    v_i = e_i/T: the mean).
 
     Example:
         >>> upgrad_weights(torch.eye(2), reg_eps=0.0)  # no conflict: the mean
         tensor([0.5000, 0.5000])
     """
     T = G.shape[0]
-    trace = torch.diagonal(G).sum()
-    Gn = torch.where(trace < norm_eps, torch.zeros_like(G), G / trace.clamp_min(norm_eps))
-    Gn = Gn + reg_eps * torch.eye(T, dtype=G.dtype, device=G.device)
     U = torch.eye(T, dtype=G.dtype, device=G.device) / T
-    return project_dual_cone(Gn, U).sum(0)
+    # (the undecorated solver: this function already runs in inference mode)
+    return project_dual_cone.__wrapped__(upgrad_gramian(G, norm_eps, reg_eps), U).sum(0)
 
 
 def upgrad(norm_eps: float = 1e-4, reg_eps: float = 1e-4, log_transform: bool = False, eps: float = 1e-8) -> Balancer:
@@ -35,8 +52,10 @@ def upgrad(norm_eps: float = 1e-4, reg_eps: float = 1e-4, log_transform: bool = 
         \\tilde g_\\theta = \\frac1T \\sum_i \\pi_J(g_i),\\qquad
         \\pi_J(J^\\top u) = J^\\top v,\\ v = \\arg\\min_{v \\ge u} v^\\top G v
 
-    The projected gradient is non-conflicting: ⟨g_t, g̃⟩ ≥ 0 for every t. The box-constrained
-    quadratic programs are solved exactly in torch (the originals call quadprog). Only θ is
+    The projected gradient is non-conflicting: ⟨g_t, g̃⟩ ≥ 0 for every t. The T box-constrained
+    quadratic programs are solved exactly in torch, all at once (TorchJD and LibMTL call
+    quadprog once per task; ``benchmarks/solvers.py`` compares the two). ``norm_eps`` and
+    ``reg_eps`` are TorchJD's (:func:`upgrad_gramian`); ``reg_eps=0`` is allowed. Only θ is
     touched, as in LibMTL; ψ_t gets ∇ψ_t ℓ_t.
 
     Example:
