@@ -2,8 +2,8 @@
 
 Timing: every candidate runs ``warmup`` times, then ``rounds`` interleaved rounds (A B C A B C …)
 so that load on the machine hits all candidates alike; the median of each is reported.
-Peak memory: the profiler's allocator trace (``total_allocated`` of every allocation event),
-minus what was allocated before the call.
+Peak memory: :func:`fmtl.memory.peak_bytes` (the profiler's allocator trace on the CPU, the
+allocator's peak counter on CUDA), minus what was allocated before the call.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from tensordict import TensorDict
 from torch import nn
 
 import fmtl
+import fmtl.memory
 from fmtl.tree import gramian
 
 HERE = Path(__file__).resolve().parent
@@ -290,26 +291,9 @@ def bench(fns: dict[str, Callable[[], object]], rounds: int = 7, warmup: int = 2
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
-def _walk(nodes):
-    for n in nodes:
-        yield n
-        yield from _walk(n.children)
-
-
-def peak_mib(fn: Callable[[], object]) -> float:
-    """Peak CPU memory (MiB) allocated by torch during one call, above what was live before it."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    allocs = [n for n in _walk(prof.profiler.kineto_results.experimental_event_tree())
-              if n.tag == _EventType.Allocation]  # fmt: skip
-    if not allocs:
-        return 0.0
-    allocs.sort(key=lambda n: n.start_time_ns)
-    base = allocs[0].extra_fields.total_allocated - allocs[0].extra_fields.alloc_size
-    return (max(n.extra_fields.total_allocated for n in allocs) - base) / 2**20
+def peak_mib(fn: Callable[[], object], device: str = "cpu") -> float:
+    """Peak memory (MiB) allocated by torch during one call, above what was live before it."""
+    return fmtl.memory.peak_bytes(fn, device) / 2**20
 
 
 def assert_same_gradients(g: fmtl.TaskGradients, losses: torch.Tensor, J: torch.Tensor, rtol: float = 1e-3) -> None:

@@ -18,6 +18,16 @@ decides empirically, the first time it meets a problem:
    :func:`rule` decides. Pass ``strategy="loop"`` or a ``chunk_size`` explicitly where the
    vectorized working set is too large (convolutions at large T).
 
+**Bounded memory** (``max_memory``, bytes): before anything is timed, each candidate's peak is
+measured (:func:`fmtl.memory.peak_bytes`: the allocator's peak on CUDA, the profiler's allocation
+events on the CPU). A vectorized candidate that does not fit gets a chunk: its peak is measured
+at chunks of 1 and 2 tasks, the largest chunk that fits is extrapolated from the two (the peak
+grows linearly in the chunk: the forward and the T output rows are fixed, the backward's
+working set is one chunk's), checked by one more measurement and shrunk until it fits. Only the
+candidates that fit are timed; when none does, the one with the smallest peak is kept. Under
+``torch.compile`` nothing can be measured, so a ``max_memory`` without a ``chunk_size`` uses the
+``"loop"`` (its compiled form, one ``vjp`` and T pullbacks, has the smallest working set).
+
 The rule: ``"jacrev"`` (one forward, the T backwards vmapped). Compiled, it beats or matches the
 eager loop baseline on the MLP (0.76–0.77× at T = 11 and 40), the 4-layer CNN at T=11 (0.83×)
 and the QM9 MPNN (1.0×), not on the CNN at T=40 (1.66×); see ``benchmarks/RESULTS.md``.
@@ -27,20 +37,34 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from tensordict import TensorDict
 from torch.utils import _pytree as pytree
 
-__all__ = ["CANDIDATES", "PRUNE", "ROUNDS", "choose_strategy", "rule", "cache_key", "decisions", "clear"]
+from .jacobian import CONCRETE, LossFn, compute
+from .memory import peak_bytes
+from .params import check_params, task_names
 
-CANDIDATES = ("jacrev", "vmap_grad", "loop")
+__all__ = [
+    "CANDIDATES", "PRUNE", "ROUNDS", "Plan", "choose", "choose_strategy", "rule", "cache_key", "decisions", "clear",
+]  # fmt: skip
+
+CANDIDATES = CONCRETE
 PRUNE = 2.0
 ROUNDS = 3
 
-_DECISIONS: dict[str, str] = {}
+
+class Plan(NamedTuple):
+    """A decision of :func:`choose`: the strategy and the chunk (``None``: all T tasks at once)."""
+
+    strategy: str
+    chunk_size: int | None
+
+
+_DECISIONS: dict[str, Plan] = {}
 
 
 def _describe(x: Any) -> str:
@@ -110,9 +134,9 @@ def _time(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def _measure(run: Callable[[str], Any]) -> str:
+def _measure(run: Callable[[Any], Any], candidates: Sequence[Any] = CANDIDATES) -> Any:
     warm = {}
-    for s in CANDIDATES:
+    for s in candidates:
         try:
             warm[s] = _time(lambda s=s: run(s))
         except torch.OutOfMemoryError:  # a vectorized candidate may not fit where the loop does
@@ -123,11 +147,106 @@ def _measure(run: Callable[[str], Any]) -> str:
     alive = [s for s in warm if warm[s] <= PRUNE * best]
     if len(alive) == 1:
         return alive[0]
-    times: dict[str, list[float]] = {s: [] for s in alive}
+    times: dict[Any, list[float]] = {s: [] for s in alive}
     for _ in range(ROUNDS):
         for s in alive:
             times[s].append(_time(lambda s=s: run(s)))
     return min(alive, key=lambda s: statistics.median(times[s]))
+
+
+def _device(params: TensorDict) -> torch.device:
+    return next(iter(params.values(True, True))).device
+
+
+def _peak(run: Callable[[Plan], Any], plan: Plan, device: torch.device) -> float:
+    try:
+        return float(peak_bytes(lambda: run(plan), device))
+    except torch.OutOfMemoryError:
+        return float("inf")
+
+
+def _fit_chunk(run: Callable[[Plan], Any], strategy: str, T: int, max_memory: int, device) -> tuple[Plan, float]:
+    """The largest chunk of ``strategy`` whose peak fits (or chunk 1, the smallest, if none does)."""
+    full = _peak(run, Plan(strategy, None), device)
+    if full <= max_memory or T == 1:
+        return Plan(strategy, None), full
+    one = _peak(run, Plan(strategy, 1), device)
+    if one > max_memory or T == 2:
+        return Plan(strategy, 1), one
+    two = _peak(run, Plan(strategy, 2), device)
+    per_task = max(two - one, 1.0)
+    chunk = int(min(T - 1, max(1, (max_memory - (one - per_task)) // per_task)))
+    while chunk > 2:
+        peak = _peak(run, Plan(strategy, chunk), device)
+        if peak <= max_memory:
+            return Plan(strategy, chunk), peak
+        chunk = max(2, chunk * 3 // 4)
+    return (Plan(strategy, 2), two) if two <= max_memory else (Plan(strategy, 1), one)
+
+
+def _within(run: Callable[[Plan], Any], options: list[Plan], T: int, max_memory: int, device) -> list[Plan]:
+    """The options that fit in ``max_memory`` (vectorized ones chunked to fit), or the smallest one."""
+    measured = []
+    for plan in options:
+        if plan.strategy == "loop" or plan.chunk_size is not None:
+            measured.append((plan, _peak(run, plan, device)))
+        else:
+            measured.append(_fit_chunk(run, plan.strategy, T, max_memory, device))
+    fits = [plan for plan, peak in measured if peak <= max_memory]
+    return fits or [min(measured, key=lambda m: m[1])[0]]
+
+
+def choose(
+    loss_fn: LossFn,
+    params: TensorDict,
+    batch: Any,
+    *,
+    chunk_size: int | None = None,
+    max_memory: int | None = None,
+    strategy: str | None = None,
+) -> Plan:
+    """The strategy and chunk ``task_gradients`` uses for this problem (measured once, then cached).
+
+    Args:
+        loss_fn, params, batch, chunk_size: as passed to :func:`fmtl.task_gradients`.
+        max_memory: bytes the call may allocate at its peak; ``None``: no bound.
+        strategy: a concrete strategy to keep (only its chunk is chosen); ``None``: any of
+            :data:`CANDIDATES`.
+
+    Example:
+        >>> import torch, fmtl
+        >>> params, apply = fmtl.functionalize(torch.nn.Linear(3, 4), {"a": torch.nn.Linear(4, 1)})
+        >>> loss_fn = lambda p, b: apply(p, b)["a"].pow(2).mean().reshape(1)
+        >>> choose(loss_fn, params, torch.randn(8, 3)).strategy in CANDIDATES
+        True
+    """
+    names = CANDIDATES if strategy is None else (strategy,)
+    if torch.compiler.is_compiling():
+        if max_memory is not None and chunk_size is None:
+            return Plan("loop", None)
+        return Plan(rule(params) if strategy is None else strategy, chunk_size)
+    check_params(params)
+    key = cache_key(loss_fn, params, batch, chunk_size=chunk_size)
+    if max_memory is not None or strategy is not None:
+        key += f"|max_memory={max_memory}|strategy={strategy}"
+    cached = _DECISIONS.get(key)
+    if cached is not None:
+        return cached
+
+    def run(plan: Plan) -> Any:
+        return compute(plan.strategy, loss_fn, params, batch, chunk_size=plan.chunk_size)
+
+    options = [Plan(s, chunk_size) for s in names]
+    if max_memory is not None:
+        options = _within(run, options, len(task_names(params)), max_memory, _device(params))
+    if len(options) == 1:
+        chosen = options[0]
+    elif max_memory is None and chunk_size is None:
+        chosen = Plan(_measure(lambda s: run(Plan(s, None))), None)
+    else:
+        chosen = _measure(run, options)
+    _DECISIONS[key] = chosen
+    return chosen
 
 
 def choose_strategy(loss_fn: Callable, params: TensorDict, batch: Any, *, chunk_size: int | None = None) -> str:
@@ -137,7 +256,7 @@ def choose_strategy(loss_fn: Callable, params: TensorDict, batch: Any, *, chunk_
         loss_fn, params, batch, chunk_size: as passed to :func:`fmtl.task_gradients`.
 
     Returns:
-        One of :data:`CANDIDATES`.
+        One of :data:`CANDIDATES` (:func:`choose` also returns the chunk, under ``max_memory``).
 
     Example:
         >>> import torch, fmtl
@@ -148,21 +267,11 @@ def choose_strategy(loss_fn: Callable, params: TensorDict, batch: Any, *, chunk_
         >>> cache_key(loss_fn, params, torch.randn(8, 3)) in decisions()
         True
     """
-    if torch.compiler.is_compiling():
-        return rule(params)
-    key = cache_key(loss_fn, params, batch, chunk_size=chunk_size)
-    cached = _DECISIONS.get(key)
-    if cached is not None:
-        return cached
-    from .task_gradients import task_gradients
-
-    chosen = _measure(lambda s: task_gradients(loss_fn, params, batch, chunk_size=chunk_size, strategy=s))
-    _DECISIONS[key] = chosen
-    return chosen
+    return choose(loss_fn, params, batch, chunk_size=chunk_size).strategy
 
 
-def decisions() -> dict[str, str]:
-    """A copy of the cached decisions, ``{cache_key: strategy}``.
+def decisions() -> dict[str, Plan]:
+    """A copy of the cached decisions, ``{cache_key: Plan(strategy, chunk_size)}``.
 
     Example:
         >>> isinstance(decisions(), dict)
