@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tensordict import TensorDict
@@ -277,18 +278,49 @@ class LibMTLDBMTL:
 # Timing and memory.
 
 
-def bench(fns: dict[str, Callable[[], object]], rounds: int = 7, warmup: int = 2) -> dict[str, float]:
-    """Median milliseconds per call of each function, measured in interleaved rounds after warm-up."""
+class Timing(NamedTuple):
+    """Median milliseconds per call and the spread of the rounds (interquartile range ÷ median)."""
+
+    ms: float
+    spread: float
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def timings(fns: dict[str, Callable[[], object]], rounds: int = 7, warmup: int = 2, clock: str = "wall",
+            sync: Callable[[], None] | None = None) -> dict[str, Timing]:  # fmt: skip
+    """Per function: median ms per call and spread, measured in interleaved rounds after warm-up.
+
+    ``clock="cpu"`` reads the calling thread's CPU time (``time.thread_time``) instead of the wall
+    clock: on a shared machine time spent descheduled does not count (memory-bandwidth contention
+    still does). Meaningful with one torch thread only. ``sync`` (e.g. ``torch.cuda.synchronize``)
+    runs before each reading.
+    """
+    now, sync = CLOCKS[clock], sync or (lambda: None)
     for _ in range(warmup):
         for f in fns.values():
             f()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for k, f in fns.items():
-            start = time.perf_counter()
+            sync()
+            start = now()
             f()
-            times[k].append(time.perf_counter() - start)
-    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+            sync()
+            times[k].append(now() - start)
+    out = {}
+    for k, v in times.items():
+        med = statistics.median(v)
+        q = statistics.quantiles(v, n=4) if len(v) > 1 else [med, med, med]
+        out[k] = Timing(round(1e3 * med, 3), round((q[2] - q[0]) / med, 3) if med > 0 else 0.0)
+    return out
+
+
+def bench(fns: dict[str, Callable[[], object]], rounds: int = 7, warmup: int = 2, clock: str = "wall",
+          sync: Callable[[], None] | None = None) -> dict[str, float]:  # fmt: skip
+    """Median milliseconds per call of each function (:func:`timings` without the spread)."""
+    return {k: t.ms for k, t in timings(fns, rounds, warmup, clock, sync).items()}
 
 
 def peak_mib(fn: Callable[[], object], device: str = "cpu") -> float:

@@ -9,6 +9,7 @@ them into one update; :func:`make_step` composes everything into a pure, compile
 from . import balancers, optim
 from .base import Balancer, EmptyState, TaskGradients
 from .params import Functional, functionalize, task_names
+from .representation import TwoStageLoss
 from .step import Step, StepState, make_step
 from .task_gradients import STRATEGIES, task_gradients
 
@@ -22,6 +23,7 @@ __all__ = [
     "Step",
     "StepState",
     "TaskGradients",
+    "TwoStageLoss",
     "balancers",
     "functionalize",
     "make_step",

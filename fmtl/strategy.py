@@ -79,13 +79,16 @@ def _identity(fn: Callable) -> str:
     One code object serves many models (a method of a problem class, a closure made by a factory
     around each model's ``apply``): the code alone would hand one model's decision to another of
     the same shapes. Only callables count, so a closure re-made around the same model each step
-    keeps its key.
+    keeps its key. A callable object without code (``fmtl.TwoStageLoss``, a ``functools.partial``)
+    is known by the identities of the callables it holds, else by its own id.
     """
     owner = getattr(fn, "__self__", None)
     fn = getattr(fn, "__func__", fn)
     code = getattr(fn, "__code__", None)
     if code is None:
-        return type(fn).__name__
+        parts = [getattr(fn, f) for f in getattr(fn, "_fields", ())] + [getattr(fn, "func", None)]
+        held = [_identity(x) for x in parts if callable(x)]
+        return f"{type(fn).__qualname__}(" + ",".join(held) + ")" if held else f"{type(fn).__qualname__}@{id(fn):x}"
     captured = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _filled(c)]
     ids = [id(x) for x in captured if callable(x)] + ([id(owner)] if owner is not None else [])
     return f"{code.co_filename}:{code.co_firstlineno}:{code.co_name}" + "".join(f"@{i:x}" for i in ids)
