@@ -168,34 +168,34 @@ def _peak(run: Callable[[Plan], Any], plan: Plan, device: torch.device) -> float
         return float("inf")
 
 
-def _fit_chunk(run: Callable[[Plan], Any], strategy: str, T: int, max_memory: int, device) -> tuple[Plan, float]:
-    """The largest chunk of ``strategy`` whose peak fits (or chunk 1, the smallest, if none does)."""
-    full = _peak(run, Plan(strategy, None), device)
+def _fit_chunk(peak: Callable[[Plan], float], strategy: str, T: int, max_memory: int) -> tuple[Plan, float]:
+    """The largest chunk of ``strategy`` whose ``peak(plan)`` fits (or chunk 1, the smallest, if none does)."""
+    full = peak(Plan(strategy, None))
     if full <= max_memory or T == 1:
         return Plan(strategy, None), full
-    one = _peak(run, Plan(strategy, 1), device)
+    one = peak(Plan(strategy, 1))
     if one > max_memory or T == 2:
         return Plan(strategy, 1), one
-    two = _peak(run, Plan(strategy, 2), device)
+    two = peak(Plan(strategy, 2))
     per_task = max(two - one, 1.0)
     chunk = int(min(T - 1, max(1, (max_memory - (one - per_task)) // per_task)))
     while chunk > 2:
-        peak = _peak(run, Plan(strategy, chunk), device)
-        if peak <= max_memory:
-            return Plan(strategy, chunk), peak
+        measured = peak(Plan(strategy, chunk))
+        if measured <= max_memory:
+            return Plan(strategy, chunk), measured
         chunk = max(2, chunk * 3 // 4)
     return (Plan(strategy, 2), two) if two <= max_memory else (Plan(strategy, 1), one)
 
 
-def _within(run: Callable[[Plan], Any], options: list[Plan], T: int, max_memory: int, device) -> list[Plan]:
+def _within(peak: Callable[[Plan], float], options: list[Plan], T: int, max_memory: int) -> list[Plan]:
     """The options that fit in ``max_memory`` (vectorized ones chunked to fit), or the smallest one."""
     measured = []
     for plan in options:
         if plan.strategy == "loop" or plan.chunk_size is not None:
-            measured.append((plan, _peak(run, plan, device)))
+            measured.append((plan, peak(plan)))
         else:
-            measured.append(_fit_chunk(run, plan.strategy, T, max_memory, device))
-    fits = [plan for plan, peak in measured if peak <= max_memory]
+            measured.append(_fit_chunk(peak, plan.strategy, T, max_memory))
+    fits = [plan for plan, bytes_ in measured if bytes_ <= max_memory]
     return fits or [min(measured, key=lambda m: m[1])[0]]
 
 
@@ -241,7 +241,8 @@ def choose(
 
     options = [Plan(s, chunk_size) for s in names]
     if max_memory is not None:
-        options = _within(run, options, len(task_names(params)), max_memory, _device(params))
+        device = _device(params)
+        options = _within(lambda plan: _peak(run, plan, device), options, len(task_names(params)), max_memory)
     if len(options) == 1:
         chosen = options[0]
     elif max_memory is None and chunk_size is None:

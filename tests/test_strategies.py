@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from tensordict import TensorDict
 
 import fmtl
+import fmtl.memory
 from fmtl import strategy as auto
 
 CONCRETE = ("jacrev", "vmap_grad", "loop")
@@ -202,3 +203,51 @@ def test_cache_key_tells_models_of_the_same_shapes_apart():
     assert key(factory(apply_a), p, x) != key(factory(apply_b), p, x)  # same code, another model
     assert key(one.loss_fn, p, x) == key(one.loss_fn, p, x)
     assert key(one.loss_fn, p, x) != key(two.loss_fn, p, x)
+
+
+@settings(max_examples=40, deadline=None)
+@given(T=st.integers(1, 64), base=st.integers(0, 10_000), per_task=st.integers(1, 1_000), budget=st.integers(0, 80_000))
+def test_the_chunk_for_max_memory_is_the_largest_that_fits(T, base, per_task, budget):
+    """A peak of base + per_task·chunk (the shape of a chunked vmapped backward): the largest fitting chunk."""
+
+    def peak(plan):
+        return base + per_task * (T if plan.chunk_size is None else plan.chunk_size)
+
+    plan, measured = auto._fit_chunk(peak, "jacrev", T, budget)
+    assert measured == peak(plan)
+    fits = [c for c in range(1, T + 1) if base + per_task * c <= budget]
+    chunk = T if plan.chunk_size is None else plan.chunk_size
+    assert chunk == (max(fits) if fits else 1)  # nothing fits: the smallest working set
+    assert (plan.chunk_size is None) == (chunk == T) or T == 1
+
+
+def test_max_memory_chooses_a_chunk_that_fits_and_the_same_gradients():
+    auto.clear()
+    params, loss_fn, b = _problem(8, 4, 16, torch.float64, conv=True)
+    ref = _reference(loss_fn, params, b)
+    full = fmtl.memory.peak_bytes(lambda: fmtl.task_gradients(loss_fn, params, b, strategy="jacrev"))
+    one = fmtl.memory.peak_bytes(lambda: fmtl.task_gradients(loss_fn, params, b, strategy="jacrev", chunk_size=1))
+    budget = (full + one) // 2
+    plan = auto.choose(loss_fn, params, b, max_memory=budget, strategy="jacrev")
+    assert plan.strategy == "jacrev" and plan.chunk_size is not None and plan.chunk_size < 8
+    run = lambda: fmtl.task_gradients(loss_fn, params, b, strategy="jacrev", max_memory=budget)  # noqa: E731
+    assert fmtl.memory.peak_bytes(run) <= budget
+    _assert_matches(run(), ref, torch.float64)
+    # "auto" under the same bound times only what fits
+    chosen = auto.choose(loss_fn, params, b, max_memory=budget)
+    measured = fmtl.memory.peak_bytes(
+        lambda: fmtl.task_gradients(loss_fn, params, b, strategy=chosen.strategy, chunk_size=chosen.chunk_size)
+    )
+    assert measured <= budget
+    _assert_matches(fmtl.task_gradients(loss_fn, params, b, max_memory=budget), ref, torch.float64)
+
+
+def test_max_memory_under_compile_uses_the_loop():
+    params, loss_fn, b = _problem(3, 4, 5, torch.float32)
+
+    @torch.compile(fullgraph=True)
+    def plan(p, batch):
+        chosen = auto.choose(loss_fn, p, batch, max_memory=1)
+        return torch.tensor(CONCRETE.index(chosen.strategy))
+
+    assert int(plan(params, b)) == CONCRETE.index("loop")
