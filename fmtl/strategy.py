@@ -20,10 +20,11 @@ decides empirically, the first time it meets a problem:
 
 **Bounded memory** (``max_memory``, bytes): before anything is timed, each candidate's peak is
 measured (:func:`fmtl.memory.peak_bytes`: the allocator's peak on CUDA, the profiler's allocation
-events on the CPU). A vectorized candidate that does not fit gets a chunk: its peak is measured
-at chunks of 1 and 2 tasks, the largest chunk that fits is extrapolated from the two (the peak
-grows linearly in the chunk: the forward and the T output rows are fixed, the backward's
-working set is one chunk's), checked by one more measurement and shrunk until it fits. Only the
+events on the CPU). A vectorized candidate gets a chunk: its peak is measured at chunks of 1 and
+2 tasks, the largest chunk that fits (all T if they fit) is extrapolated from the two (the peak
+grows linearly in the chunk: the forward and the T output rows are fixed, the backward's working
+set is one chunk's), checked by one more measurement and shrunk until it fits; nothing far over
+the budget is run to be measured. Only the
 candidates that fit are timed; when none does, the one with the smallest peak is kept. Under
 ``torch.compile`` nothing can be measured, so a ``max_memory`` without a ``chunk_size`` uses the
 ``"loop"`` (its compiled form, one ``vjp`` and T pullbacks, has the smallest working set).
@@ -169,22 +170,28 @@ def _peak(run: Callable[[Plan], Any], plan: Plan, device: torch.device) -> float
 
 
 def _fit_chunk(peak: Callable[[Plan], float], strategy: str, T: int, max_memory: int) -> tuple[Plan, float]:
-    """The largest chunk of ``strategy`` whose ``peak(plan)`` fits (or chunk 1, the smallest, if none does)."""
-    full = peak(Plan(strategy, None))
-    if full <= max_memory or T == 1:
-        return Plan(strategy, None), full
-    one = peak(Plan(strategy, 1))
-    if one > max_memory or T == 2:
+    """The largest chunk of ``strategy`` whose ``peak(plan)`` fits (or chunk 1, the smallest, if none does).
+
+    Chunks 1 and 2 are measured first and the rest extrapolated, so that no candidate far over the
+    budget (the whole T at once, say) is ever run just to be measured.
+    """
+    one = peak(Plan(strategy, 1 if T > 1 else None))
+    if one > max_memory or T == 1:
+        return Plan(strategy, 1 if T > 1 else None), one
+    two = peak(Plan(strategy, 2 if T > 2 else None))
+    if two > max_memory:
         return Plan(strategy, 1), one
-    two = peak(Plan(strategy, 2))
+    if T == 2:
+        return Plan(strategy, None), two
     per_task = max(two - one, 1.0)
-    chunk = int(min(T - 1, max(1, (max_memory - (one - per_task)) // per_task)))
+    chunk = int(min(T, (max_memory - (one - per_task)) // per_task))
     while chunk > 2:
-        measured = peak(Plan(strategy, chunk))
+        plan = Plan(strategy, None if chunk >= T else chunk)
+        measured = peak(plan)
         if measured <= max_memory:
-            return Plan(strategy, chunk), measured
-        chunk = max(2, chunk * 3 // 4)
-    return (Plan(strategy, 2), two) if two <= max_memory else (Plan(strategy, 1), one)
+            return plan, measured
+        chunk = min(chunk - 1, chunk * 3 // 4 + 1)
+    return Plan(strategy, 2), two
 
 
 def _within(peak: Callable[[Plan], float], options: list[Plan], T: int, max_memory: int) -> list[Plan]:
