@@ -13,6 +13,9 @@ numbers (up to the order of floating-point reductions):
   ``torch.func`` transform it is one ``vjp`` and T pullbacks.
 
 ``chunk_size`` (``jacrev``, ``vmap_grad``) runs at most that many of the T backwards at once.
+Eagerly each chunk's rows go straight into one preallocated [T, ...] buffer per leaf, so J is held
+once (``vmap(chunk_size=…)`` concatenates at the end and holds it twice): on the MLP at T = 40,
+chunks of 1 peak at 92 MiB against 129 MiB, and the loop's 174 MiB (``benchmarks/RESULTS.md``).
 
 Costs worth knowing (measurements in ``benchmarks/RESULTS.md``):
 
@@ -100,9 +103,34 @@ def _pack(losses: torch.Tensor, J: TensorDict, names: list[str]) -> TaskGradient
     return TaskGradients(losses, shared, _diagonal(tasks, names))
 
 
+def _chunked(rows_of: Callable[[torch.Tensor], TensorDict], eye: torch.Tensor, chunk_size: int) -> TensorDict:
+    """The T rows, ``chunk_size`` at a time, each chunk written into one preallocated [T, ...] per leaf.
+
+    ``vmap(chunk_size=…)`` concatenates the chunks at the end, holding J twice at its peak; writing
+    each chunk into its place as it comes holds J once (plus one chunk), which is what lets a chunk
+    of 1 come in under the loop's peak. Eager only (it writes into buffers it allocated itself).
+    """
+    T = eye.shape[0]
+    keys, buffers = None, []
+    for start in range(0, T, chunk_size):
+        rows = rows_of(eye[start : start + chunk_size])
+        if keys is None:
+            keys = list(rows.keys(True, True))
+            buffers = [rows[k].new_empty((T, *rows[k].shape[1:])) for k in keys]
+        for k, buf in zip(keys, buffers, strict=True):
+            buf[start : start + chunk_size].copy_(rows[k])
+        del rows
+    out = TensorDict({}, [])
+    for k, buf in zip(keys, buffers, strict=True):
+        out.set(k, buf)
+    return out
+
+
 def _jacrev(f: Callable, params: TensorDict, T: int, chunk_size: int | None):
     losses, pullback = vjp(f, params)
     eye = torch.eye(T, dtype=losses.dtype, device=losses.device)
+    if chunk_size is not None and chunk_size < T and not _in_transform():
+        return losses, _chunked(lambda e: vmap(pullback)(e)[0], eye, chunk_size)
     (J,) = vmap(pullback, chunk_size=chunk_size)(eye)
     return losses, J
 
@@ -115,9 +143,19 @@ def _vmap_grad(f: Callable, params: TensorDict, T: int, chunk_size: int | None):
     dtype = next(iter(params.values(True, True))).dtype
     device = next(iter(params.values(True, True))).device
     eye = torch.eye(T, dtype=dtype, device=device)
-    J, losses = vmap(grad(one, has_aux=True), in_dims=(None, 0), chunk_size=chunk_size)(
-        params, eye
-    )
+    batched = vmap(grad(one, has_aux=True), in_dims=(None, 0))
+    if chunk_size is not None and chunk_size < T and not _in_transform():
+        seen = []  # the losses of the first chunk (every chunk computes the same forward)
+
+        def rows_of(e: torch.Tensor) -> TensorDict:
+            J, losses = batched(params, e)
+            if not seen:
+                seen.append(losses[0])
+            return J
+
+        J = _chunked(rows_of, eye, chunk_size)
+        return seen[0], J
+    J, losses = vmap(grad(one, has_aux=True), in_dims=(None, 0), chunk_size=chunk_size)(params, eye)
     return losses[0], J
 
 
