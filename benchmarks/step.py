@@ -55,21 +55,20 @@ def _check_loop_step(problem: common.Problem, loop: common.LoopDBMTL) -> None:
     assert torch.linalg.vector_norm(ours - theirs) <= 1e-3 * torch.linalg.vector_norm(theirs), "loop step differs"
 
 
-def _rep_fns(problem: common.Problem, methods: list[str]) -> dict:
-    """Rep-grad steps, their parameter-gradient counterparts and the bare weightings (all SGD)."""
-    params, batch, two = problem.params, problem.batch, problem.two_stage
-    grads, z_params, _ = representation_gradients(two, params, batch)
-    fns = {}
+def _rep_steps(problem: common.Problem, methods: list[str]) -> tuple[dict, dict]:
+    """Rep-grad steps and their parameter-gradient counterparts (SGD), and the bare weightings."""
+    params, two = problem.params, problem.two_stage
+    grads, z_params, _ = representation_gradients(two, params, problem.batch)
+    steps, weightings = {}, {}
     for m in methods:
         b = fmtl.balancers.get(m)
         for rep in (True, False):
-            step = fmtl.make_step(two, b, fmtl.optim.sgd(1e-3), rep_grad=rep)
-            state = step.init(params)
-            fns[f"{m} step" + (", rep_grad" if rep else "")] = lambda step=step, state=state: step(params, state, batch)
+            name = f"{m} step" + (", rep_grad" if rep else "")
+            steps[name] = fmtl.make_step(two, b, fmtl.optim.sgd(1e-3), rep_grad=rep)
         state = b.init(z_params, problem.num_tasks)
         # the balancer on the representation gradients alone (its Gramian and its T×T solve)
-        fns[f"{m} weighting"] = lambda b=b, state=state: b.update(grads, state, z_params)
-    return fns
+        weightings[f"{m} weighting"] = lambda b=b, state=state: b.update(grads, state, z_params)
+    return steps, weightings
 
 
 def run_one(model: str, T: int, args) -> list[dict]:
@@ -84,6 +83,10 @@ def run_one(model: str, T: int, args) -> list[dict]:
         "ew step, sgd": fmtl.make_step(loss_fn, fmtl.balancers.get("ew"), sgd),
         "uw step": fmtl.make_step(loss_fn, fmtl.balancers.get("uw"), adam),
     }
+    weightings = {}
+    if problem.two_stage is not None and args.rep_methods:
+        rep_steps, weightings = _rep_steps(problem, args.rep_methods)
+        steps.update(rep_steps)
     states = {k: s.init(params) for k, s in steps.items()}
     chosen = auto.choose_strategy(loss_fn, params, batch)
     loop = common.LoopDBMTL(problem)
@@ -106,10 +109,9 @@ def run_one(model: str, T: int, args) -> list[dict]:
         # write ĝ), one pass for the norms, one for Σ_t w_t ĝ_t
         "[T, P] update floor": lambda: _update_floor(ema, J),
     }
-    if problem.two_stage is not None and args.rep_methods:
-        fns.update(_rep_fns(problem, args.rep_methods))
+    fns.update(weightings)
     if args.compile and model in args.compile_models:
-        for k in args.compile_steps:
+        for k in [k for k in args.compile_steps if k in steps]:
             f = torch.compile(lambda p, s, b, k=k: steps[k](p, s, b), fullgraph=True)
             f(params, states[k], batch)
             fns[f"{k} compiled"] = lambda f=f, k=k: f(params, states[k], batch)
@@ -133,7 +135,8 @@ def run_one(model: str, T: int, args) -> list[dict]:
         if name.startswith("uw step"):
             row["vs_ew_step"] = round(t.ms / times["ew step" + suffix].ms, 3)
         if " step" in name and name.split(" step")[0] in args.rep_methods:
-            row["vs_ew_step"] = round(t.ms / times["ew step, sgd" + suffix].ms, 3)
+            ew = times.get("ew step, sgd" + suffix)  # the EW step it is compared with, compiled alike
+            row["vs_ew_step"] = round(t.ms / ew.ms, 3) if ew else None
         if args.memory and not suffix and name not in ("forward", "forward+backward", "[T, P] update floor"):
             row["peak_mib"] = round(common.peak_mib(fns[name], args.device), 2)
         rows.append(row)
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--compile-models", default="mlp,qm9_gnn", help="models that also get compiled rows")
     p.add_argument("--compile-steps", default="dbmtl step,dbmtl step|sgd,ew step,ew step|sgd",
-                   help="the steps compiled (comma-separated; '|' stands for ', ' inside a name)")
+                   help="the steps compiled (comma-separated; '|' stands for ', ': pcgrad step|rep_grad)")
     p.add_argument("--rep-methods", default=REP_METHODS, help="methods with rep_grad rows ('' for none)")
     common.add_run_args(p)
     args = p.parse_args(argv)
