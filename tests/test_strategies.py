@@ -251,3 +251,14 @@ def test_max_memory_under_compile_uses_the_loop():
         return torch.tensor(CONCRETE.index(chosen.strategy))
 
     assert int(plan(params, b)) == CONCRETE.index("loop")
+
+
+def test_all_tasks_at_once_is_kept_when_it_fits_though_large_chunks_do_not():
+    """Chunks copy their rows into place: all T at once can peak below a large chunk (the MLP at T = 40)."""
+    T, budget = 40, 175
+
+    def peak(plan):
+        return 104 if plan.chunk_size is None else 89 + 2.5 * plan.chunk_size + 0.8 * plan.chunk_size
+
+    plan, measured = auto._fit_chunk(peak, "jacrev", T, budget)
+    assert plan.chunk_size is None and measured == 104
