@@ -333,10 +333,11 @@ class LibMTLDBMTL:
 
 
 class Timing(NamedTuple):
-    """Median milliseconds per call and the spread of the rounds (interquartile range ÷ median)."""
+    """Median milliseconds per call, the spread of the rounds (interquartile range ÷ median), the fastest round."""
 
     ms: float
     spread: float
+    minimum: float
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
@@ -367,7 +368,8 @@ def timings(fns: dict[str, Callable[[], object]], rounds: int = 7, warmup: int =
     for k, v in times.items():
         med = statistics.median(v)
         q = statistics.quantiles(v, n=4) if len(v) > 1 else [med, med, med]
-        out[k] = Timing(round(1e3 * med, 3), round((q[2] - q[0]) / med, 3) if med > 0 else 0.0)
+        spread = round((q[2] - q[0]) / med, 3) if med > 0 else 0.0
+        out[k] = Timing(round(1e3 * med, 3), spread, round(1e3 * min(v), 3))
     return out
 
 
@@ -375,6 +377,11 @@ def bench(fns: dict[str, Callable[[], object]], rounds: int = 7, warmup: int = 2
           sync: Callable[[], None] | None = None) -> dict[str, float]:  # fmt: skip
     """Median milliseconds per call of each function (:func:`timings` without the spread)."""
     return {k: t.ms for k, t in timings(fns, rounds, warmup, clock, sync).items()}
+
+
+def bench_stats(fns: dict[str, Callable[[], object]], rounds: int = 7, warmup: int = 2) -> dict[str, tuple]:
+    """(median, minimum) milliseconds per call of each function (:func:`timings`, wall clock)."""
+    return {k: (t.ms, t.minimum) for k, t in timings(fns, rounds, warmup).items()}
 
 
 def peak_mib(fn: Callable[[], object], device: str = "cpu") -> float:

@@ -40,6 +40,7 @@ from tensordict import TensorDict
 from torch.func import grad, vjp, vmap
 from torch.overrides import TorchFunctionMode
 
+from . import rng
 from .base import TaskGradients
 from .params import task_names
 
@@ -143,11 +144,16 @@ def _vmap_grad(f: Callable, params: TensorDict, T: int, chunk_size: int | None):
     dtype = next(iter(params.values(True, True))).dtype
     device = next(iter(params.values(True, True))).device
     eye = torch.eye(T, dtype=dtype, device=device)
-    batched = vmap(grad(one, has_aux=True), in_dims=(None, 0))
+    # randomness="same": the T copies of the forward draw one set of random numbers (one dropout
+    # mask per sample, shared by all T task gradients, as in the single forward of the other
+    # strategies). With torch's chunk_size, torch replays the CPU generator for every chunk, not CUDA's.
+    batched = vmap(grad(one, has_aux=True), in_dims=(None, 0), randomness="same")
     if chunk_size is not None and chunk_size < T and not _in_transform():
         seen = []  # the losses of the first chunk (every chunk computes the same forward)
+        start = rng.get(device)  # every chunk replays the first chunk's draws (CPU and CUDA)
 
         def rows_of(e: torch.Tensor) -> TensorDict:
+            rng.set(start, device)
             J, losses = batched(params, e)
             if not seen:
                 seen.append(losses[0])
@@ -155,7 +161,9 @@ def _vmap_grad(f: Callable, params: TensorDict, T: int, chunk_size: int | None):
 
         J = _chunked(rows_of, eye, chunk_size)
         return seen[0], J
-    J, losses = vmap(grad(one, has_aux=True), in_dims=(None, 0), chunk_size=chunk_size)(params, eye)
+    J, losses = vmap(grad(one, has_aux=True), in_dims=(None, 0), chunk_size=chunk_size, randomness="same")(
+        params, eye
+    )
     return losses[0], J
 
 

@@ -254,15 +254,17 @@ def choose(
         return compute(plan.strategy, loss_fn, params, batch, chunk_size=plan.chunk_size)
 
     options = [Plan(s, chunk_size) for s in names]
-    if max_memory is not None:
-        device = _device(params)
-        options = _within(lambda plan: _peak(run, plan, device), options, len(task_names(params)), max_memory)
-    if len(options) == 1:
-        chosen = options[0]
-    elif max_memory is None and chunk_size is None:
-        chosen = Plan(_measure(lambda s: run(Plan(s, None))), None)
-    else:
-        chosen = _measure(run, options)
+    device = _device(params)
+    # Measuring runs the forward several times: it must not move the caller's random stream (dropout).
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if max_memory is not None:
+            options = _within(lambda plan: _peak(run, plan, device), options, len(task_names(params)), max_memory)
+        if len(options) == 1:
+            chosen = options[0]
+        elif max_memory is None and chunk_size is None:
+            chosen = Plan(_measure(lambda s: run(Plan(s, None))), None)
+        else:
+            chosen = _measure(run, options)
     _DECISIONS[key] = chosen
     return chosen
 

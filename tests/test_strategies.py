@@ -262,3 +262,16 @@ def test_all_tasks_at_once_is_kept_when_it_fits_though_large_chunks_do_not():
 
     plan, measured = auto._fit_chunk(peak, "jacrev", T, budget)
     assert plan.chunk_size is None and measured == 104
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_loop_inside_a_transform_equals_the_autograd_loop(dtype):
+    """Under torch.compile or a torch.func transform the loop is one vjp and T pullbacks, not
+    autograd.grad: ``functionalize`` (a transform that changes no value) runs that path eagerly."""
+    import sys
+
+    params, loss_fn, b = _problem(4, 5, 6, dtype)
+    assert torch.func.functionalize(lambda x: torch.tensor(sys.modules["fmtl.jacobian"]._in_transform()))(
+        torch.zeros(1))  # fmt: skip
+    g = torch.func.functionalize(lambda p: fmtl.task_gradients(loss_fn, p, b, strategy="loop"))(params)
+    _assert_matches(g, _reference(loss_fn, params, b), dtype)

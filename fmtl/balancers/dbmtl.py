@@ -9,7 +9,7 @@ from tensordict import TensorDict
 
 from ..base import Balancer, TaskGradients
 from ..tree import combine, row_sq_norms, scale_rows
-from ._common import assemble, zeros_like_rows
+from ._common import assemble, log_scale, zeros_like_rows
 from ._common import log_transform as _log_transform
 
 __all__ = ["ALPHAS", "DBMTLState", "alpha_scale", "dbmtl", "ema_carry", "ema_rows", "ema_sq_norms"]
@@ -85,8 +85,7 @@ def ema_carry(
     beta_k = beta / count.to(dtype) ** beta_sigma
     c = (1.0 - beta_k).expand_as(losses)
     if log_transform:
-        shifted = losses + eps
-        c = torch.where(losses >= 0, c / shifted, torch.nan)
+        c = c * log_scale(losses, None, eps)
     return beta_k * scale.to(dtype) / c, c
 
 
