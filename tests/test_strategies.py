@@ -275,3 +275,29 @@ def test_loop_inside_a_transform_equals_the_autograd_loop(dtype):
         torch.zeros(1))  # fmt: skip
     g = torch.func.functionalize(lambda p: fmtl.task_gradients(loss_fn, p, b, strategy="loop"))(params)
     _assert_matches(g, _reference(loss_fn, params, b), dtype)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2])
+def test_chunked_vmap_grad_draws_the_dropout_masks_of_one_forward(chunk_size):
+    """Every chunk replays the first chunk's random draws: the same J as one forward (jacrev) under
+    the same seed, and the generator left where one forward leaves it."""
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Dropout(0.5))
+    heads = {t: torch.nn.Linear(8, 1) for t in "abc"}
+    params, apply = fmtl.functionalize(encoder, heads)
+    x = torch.randn(16, 3)
+
+    def loss_fn(p, b):
+        out = apply(p, b)
+        return torch.stack([out[t].pow(2).mean() for t in "abc"])
+
+    def run(strategy, chunk):
+        torch.manual_seed(1)
+        g = fmtl.task_gradients(loss_fn, params, x, strategy=strategy, chunk_size=chunk)
+        return g, torch.rand(1)  # the generator's position after the call
+
+    (ref, after_ref), (got, after) = run("jacrev", None), run("vmap_grad", chunk_size)
+    assert torch.equal(after, after_ref)
+    torch.testing.assert_close(got.losses, ref.losses)
+    for k in ref.shared.keys(True, True):
+        torch.testing.assert_close(got.shared[k], ref.shared[k])
