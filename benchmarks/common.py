@@ -2,8 +2,8 @@
 
 Timing: every candidate runs ``warmup`` times, then ``rounds`` interleaved rounds (A B C A B C …)
 so that load on the machine hits all candidates alike; the median of each is reported.
-Peak memory: the profiler's allocator trace (``total_allocated`` of every allocation event),
-minus what was allocated before the call.
+Peak memory: :func:`fmtl.memory.peak_bytes` (the profiler's allocator trace on the CPU, the
+allocator's peak counter on CUDA), minus what was allocated before the call.
 """
 
 from __future__ import annotations
@@ -13,17 +13,20 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tensordict import TensorDict
 from torch import nn
 
 import fmtl
+import fmtl.memory
 from fmtl.tree import gramian
 
 HERE = Path(__file__).resolve().parent
@@ -38,9 +41,15 @@ class Problem:
     task_losses: Callable[[TensorDict, object], list[torch.Tensor]]
     batch: object
     num_tasks: int
+    two_stage: fmtl.TwoStageLoss | None = None  # the same losses as encoder + heads (rep_grad)
 
     def loss_fn(self, p: TensorDict, b) -> torch.Tensor:
         return torch.stack(self.task_losses(p, b))
+
+    def to(self, device: torch.device) -> Problem:
+        """The problem with its parameters and batch on ``device`` (the losses are pure functions)."""
+        return Problem(self.name, self.params.to(device), self.task_losses, self.batch.to(device), self.num_tasks,
+                       self.two_stage)  # fmt: skip
 
 
 def _regression(apply, num_tasks: int) -> Callable:
@@ -62,7 +71,20 @@ def mlp(num_tasks: int, batch: int = 128) -> Problem:
     heads = {f"t{t}": nn.Linear(512, 1) for t in range(num_tasks)}
     params, apply = fmtl.functionalize(encoder, heads)
     b = TensorDict({"x": torch.randn(batch, 64), "y": torch.randn(batch, num_tasks)}, [batch])
-    return Problem("mlp", params, _regression(apply, num_tasks), b, num_tasks)
+    return Problem("mlp", params, _regression(apply, num_tasks), b, num_tasks, _two_stage(encoder))
+
+
+def _two_stage(encoder: nn.Module) -> fmtl.TwoStageLoss:
+    """The regression losses as ``encode`` (the encoder) and ``heads`` (linear heads, MSE)."""
+
+    def encode(shared: TensorDict, b: TensorDict) -> torch.Tensor:
+        return torch.func.functional_call(encoder, fmtl.params.flat_dict(shared), (b["x"],))
+
+    def heads(tasks: TensorDict, z: torch.Tensor, b: TensorDict) -> torch.Tensor:
+        out = fmtl.heads.linear_heads(tasks, z)
+        return torch.stack([(o.squeeze(-1) - b["y"][:, t]).pow(2).mean() for t, o in enumerate(out.values())])
+
+    return fmtl.TwoStageLoss(encode, heads)
 
 
 def mlp_per_head(num_tasks: int, batch: int = 128) -> Problem:
@@ -110,13 +132,13 @@ def resnet(num_tasks: int, batch: int = 64) -> Problem:
     return Problem("resnet", m.params, _regression(m.apply, num_tasks), b, num_tasks)
 
 
-def qm9_gnn(num_tasks: int, graphs: int = 16, atoms: int = 18) -> Problem:
+def qm9_gnn(num_tasks: int, graphs: int = 16, atoms: int = 18, hidden: int = 64, name: str = "qm9_gnn") -> Problem:
     """The zoo's QM9 MPNN (hidden 64) on a synthetic batch of complete graphs shaped like QM9's."""
     from fmtl.models import QM9_TASKS
     from fmtl.models import qm9_gnn as zoo_qm9
 
     names = [QM9_TASKS[t] if t < len(QM9_TASKS) else f"extra{t}" for t in range(num_tasks)]
-    m = zoo_qm9(11, 5, hidden=64, tasks=names, seed=0)
+    m = zoo_qm9(11, 5, hidden=hidden, tasks=names, seed=0)
     g = torch.Generator().manual_seed(0)
     n = graphs * atoms
     local = torch.arange(atoms)
@@ -134,24 +156,55 @@ def qm9_gnn(num_tasks: int, graphs: int = 16, atoms: int = 18) -> Problem:
         out = m.apply(p, batch)
         return [(o.squeeze(-1) - batch["y"][:, t]).pow(2).mean() for t, o in enumerate(out.values())]
 
-    return Problem("qm9_gnn", m.params, task_losses, b, num_tasks)
+    return Problem(name, m.params, task_losses, b, num_tasks)
+
+
+def qm9_mlp(num_tasks: int, batch: int = 256) -> Problem:
+    """The default ``fmtl train --benchmark qm9`` model's shape: 169 → 256 → 256 (ReLU), T heads, batch 256."""
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(169, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU())
+    params, apply = fmtl.functionalize(encoder, {f"t{t}": nn.Linear(256, 1) for t in range(num_tasks)})
+    b = TensorDict({"x": torch.randn(batch, 169), "y": torch.randn(batch, num_tasks)}, [batch])
+    return Problem("qm9_mlp", params, _regression(apply, num_tasks), b, num_tasks, _two_stage(encoder))
 
 
 def tiny(num_tasks: int) -> Problem:
     """A tiny MLP for smoke runs."""
     torch.manual_seed(0)
-    params, apply = fmtl.functionalize(nn.Sequential(nn.Linear(4, 8), nn.Tanh()),
-                                       {f"t{t}": nn.Linear(8, 1) for t in range(num_tasks)})
+    encoder = nn.Sequential(nn.Linear(4, 8), nn.Tanh())
+    params, apply = fmtl.functionalize(encoder, {f"t{t}": nn.Linear(8, 1) for t in range(num_tasks)})
     b = TensorDict({"x": torch.randn(16, 4), "y": torch.randn(16, num_tasks)}, [16])
-    return Problem("tiny", params, _regression(apply, num_tasks), b, num_tasks)
+    return Problem("tiny", params, _regression(apply, num_tasks), b, num_tasks, _two_stage(encoder))
+
+
+def tiny_cnn(num_tasks: int) -> Problem:
+    """A tiny CNN for smoke runs (the CNN rows at dry-run sizes)."""
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    params, apply = fmtl.functionalize(encoder, {f"t{t}": nn.Linear(4, 1) for t in range(num_tasks)})
+    b = TensorDict({"x": torch.randn(8, 3, 8, 8), "y": torch.randn(8, num_tasks)}, [8])
+    return Problem("tiny_cnn", params, _regression(apply, num_tasks), b, num_tasks)
+
+
+def tiny_gnn(num_tasks: int) -> Problem:
+    """The QM9 MPNN at dry-run sizes (hidden 8, 2 graphs of 4 atoms)."""
+    return qm9_gnn(num_tasks, graphs=2, atoms=4, hidden=8, name="tiny_gnn")
 
 
 # Models whose heads fmtl applies as one product, and the same model with heads one by one.
-PER_HEAD: dict[str, Callable[[int], Problem]] = {"mlp": mlp_per_head}
+PER_HEAD_NAME: dict[str, str] = {"mlp": "mlp_per_head"}
+# Models run at T > 11 (the others stop at QM9's 11 tasks: their T = 40 runs take minutes each).
+MANY_TASKS = ("mlp", "mlp_per_head", "qm9_mlp", "tiny", "tiny_cnn", "tiny_gnn")
 
 MODELS: dict[str, Callable[[int], Problem]] = {
-    "mlp": mlp, "mlp_per_head": mlp_per_head, "cnn": cnn, "resnet": resnet, "qm9_gnn": qm9_gnn, "tiny": tiny,
+    "mlp": mlp, "mlp_per_head": mlp_per_head, "cnn": cnn, "resnet": resnet, "qm9_gnn": qm9_gnn, "qm9_mlp": qm9_mlp,
+    "tiny": tiny, "tiny_cnn": tiny_cnn, "tiny_gnn": tiny_gnn,
 }  # fmt: skip
+
+
+def build(model: str, num_tasks: int, device: torch.device | str = "cpu") -> Problem:
+    """``MODELS[model](num_tasks)`` on ``device``."""
+    return MODELS[model](num_tasks).to(torch.device(device))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +244,7 @@ class LoopDBMTL:
         self.shared = list(self.leaves["shared"].values(True, True))
         self.heads = [list(self.leaves["tasks", n].values(True, True)) for n in self.leaves["tasks"].keys()]
         P = sum(v.numel() for v in self.shared)
-        self.ema = torch.zeros(problem.num_tasks, P)
+        self.ema = torch.zeros(problem.num_tasks, P, device=self.shared[0].device)
         self.opt = torch.optim.Adam(list(self.leaves.values(True, True)), lr=lr, foreach=True)
 
     def __call__(self):
@@ -221,7 +274,9 @@ class LoopDBMTL:
 class LibMTLDBMTL:
     """A LibMTL-faithful DB-MTL step: ``backward`` per task into ``.grad``, grads copied parameter
     by parameter into a [T, P] buffer, the EMA, α and a Python ``sum`` over tasks, the result written
-    back parameter by parameter, then ``torch.optim.Adam`` (its default implementation)."""
+    back parameter by parameter, then ``torch.optim.Adam`` (its default implementation). As in LibMTL's
+    ``_grad2vec``, each task's flat gradient is first built on the CPU (``torch.zeros(grad_dim)``) and
+    then copied into the device's [T, P] buffer: on a GPU that is two transfers per task."""
 
     def __init__(self, problem: Problem, beta: float = 0.9, eps: float = 1e-8, lr: float = 1e-3):
         self.problem, self.beta, self.eps = problem, beta, eps
@@ -230,7 +285,8 @@ class LibMTLDBMTL:
         self.all = list(self.leaves.values(True, True))
         self.sizes = [v.numel() for v in self.shared]
         self.grad_dim = sum(self.sizes)
-        self.buffer = torch.zeros(problem.num_tasks, self.grad_dim)
+        self.device = self.shared[0].device
+        self.buffer = torch.zeros(problem.num_tasks, self.grad_dim, device=self.device)
         self.step = 0
         self.opt = torch.optim.Adam(self.all, lr=lr)
 
@@ -256,7 +312,7 @@ class LibMTLDBMTL:
         losses = torch.stack(self.problem.task_losses(self.leaves, self.problem.batch))
         log_losses = torch.log(losses + self.eps)
         T = self.problem.num_tasks
-        grads = torch.zeros(T, self.grad_dim)
+        grads = torch.zeros(T, self.grad_dim, device=self.device)
         for t in range(T):
             log_losses[t].backward(retain_graph=t < T - 1)
             grads[t] = self._grad2vec()
@@ -276,45 +332,61 @@ class LibMTLDBMTL:
 # Timing and memory.
 
 
-def bench(fns: dict[str, Callable[[], object]], rounds: int = 7, warmup: int = 2) -> dict[str, float]:
-    """Median milliseconds per call of each function, measured in interleaved rounds after warm-up."""
-    return {k: med for k, (med, _) in bench_stats(fns, rounds, warmup).items()}
+class Timing(NamedTuple):
+    """Median milliseconds per call, the spread of the rounds (interquartile range ÷ median), the fastest round."""
+
+    ms: float
+    spread: float
+    minimum: float
 
 
-def bench_stats(fns: dict[str, Callable[[], object]], rounds: int = 7, warmup: int = 2) -> dict[str, tuple]:
-    """(median, minimum) milliseconds per call of each function, interleaved rounds after warm-up."""
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def timings(fns: dict[str, Callable[[], object]], rounds: int = 7, warmup: int = 2, clock: str = "wall",
+            sync: Callable[[], None] | None = None) -> dict[str, Timing]:  # fmt: skip
+    """Per function: median ms per call and spread, measured in interleaved rounds after warm-up.
+
+    ``clock="cpu"`` reads the calling thread's CPU time (``time.thread_time``) instead of the wall
+    clock: on a shared machine time spent descheduled does not count (memory-bandwidth contention
+    still does). Meaningful with one torch thread only. ``sync`` (e.g. ``torch.cuda.synchronize``)
+    runs before each reading.
+    """
+    now, sync = CLOCKS[clock], sync or (lambda: None)
     for _ in range(warmup):
         for f in fns.values():
             f()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for k, f in fns.items():
-            start = time.perf_counter()
+            sync()
+            start = now()
             f()
-            times[k].append(time.perf_counter() - start)
-    return {k: (1e3 * statistics.median(v), 1e3 * min(v)) for k, v in times.items()}
+            sync()
+            times[k].append(now() - start)
+    out = {}
+    for k, v in times.items():
+        med = statistics.median(v)
+        q = statistics.quantiles(v, n=4) if len(v) > 1 else [med, med, med]
+        spread = round((q[2] - q[0]) / med, 3) if med > 0 else 0.0
+        out[k] = Timing(round(1e3 * med, 3), spread, round(1e3 * min(v), 3))
+    return out
 
 
-def _walk(nodes):
-    for n in nodes:
-        yield n
-        yield from _walk(n.children)
+def bench(fns: dict[str, Callable[[], object]], rounds: int = 7, warmup: int = 2, clock: str = "wall",
+          sync: Callable[[], None] | None = None) -> dict[str, float]:  # fmt: skip
+    """Median milliseconds per call of each function (:func:`timings` without the spread)."""
+    return {k: t.ms for k, t in timings(fns, rounds, warmup, clock, sync).items()}
 
 
-def peak_mib(fn: Callable[[], object]) -> float:
-    """Peak CPU memory (MiB) allocated by torch during one call, above what was live before it."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
+def bench_stats(fns: dict[str, Callable[[], object]], rounds: int = 7, warmup: int = 2) -> dict[str, tuple]:
+    """(median, minimum) milliseconds per call of each function (:func:`timings`, wall clock)."""
+    return {k: (t.ms, t.minimum) for k, t in timings(fns, rounds, warmup).items()}
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    allocs = [n for n in _walk(prof.profiler.kineto_results.experimental_event_tree())
-              if n.tag == _EventType.Allocation]  # fmt: skip
-    if not allocs:
-        return 0.0
-    allocs.sort(key=lambda n: n.start_time_ns)
-    base = allocs[0].extra_fields.total_allocated - allocs[0].extra_fields.alloc_size
-    return (max(n.extra_fields.total_allocated for n in allocs) - base) / 2**20
+
+def peak_mib(fn: Callable[[], object], device: str = "cpu") -> float:
+    """Peak memory (MiB) allocated by torch during one call, above what was live before it."""
+    return fmtl.memory.peak_bytes(fn, device) / 2**20
 
 
 def assert_same_gradients(g: fmtl.TaskGradients, losses: torch.Tensor, J: torch.Tensor, rtol: float = 1e-3) -> None:
@@ -341,12 +413,22 @@ def add_run_args(p) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--malloc", choices=("default", "tuned"), default="default",
                    help="tuned: fmtl.allocator.tune() (glibc mmap off, no trimming) before running")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cuda when available)")
+    p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                   help="cpu: the thread's CPU time (a shared machine's descheduled time does not count; 1 thread)")
 
 
 def setup(args) -> None:
-    """Applies the run options (call before building any model)."""
+    """Applies the run options (call before building any model); ``args.device`` becomes a torch.device."""
     if args.quick:
         args.models, args.tasks, args.rounds, args.warmup = "tiny", "2", 1, 1
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.device = torch.device(args.device)
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
+    if args.clock == "cpu" and (args.device.type != "cpu" or (args.threads or torch.get_num_threads()) != 1):
+        raise SystemExit("--clock cpu measures one CPU thread: use it with --device cpu --threads 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.malloc == "tuned":
@@ -356,7 +438,17 @@ def setup(args) -> None:
             print("warning: malloc tuning unavailable here", file=sys.stderr)
 
 
-def machine() -> dict:
+def loadavg() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages now (a shared machine's load is part of every table)."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def sync_for(device: torch.device) -> Callable[[], None] | None:
+    """What to call before reading a clock on ``device`` (CUDA runs asynchronously)."""
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+
+
+def machine(device: torch.device | None = None) -> dict:
     """Where and how a benchmark ran."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     cpu = platform.processor()
@@ -369,10 +461,19 @@ def machine() -> dict:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "torch": torch.__version__, "python": platform.python_version(), "cpu": cpu,
         "cores": os.cpu_count(), "threads": torch.get_num_threads(), "loadavg_at_start": load,
-        "device": "cpu (no GPU available)",
+        "device": (torch.cuda.get_device_name(device) + f" ({device})" if device is not None and device.type == "cuda"
+                   else "cpu" + ("" if torch.cuda.is_available() else " (no GPU available)")),
+        "cuda": torch.version.cuda, "uptime": _uptime(),
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         "malloc_tuned": __import__("fmtl.allocator").allocator.is_tuned(),
     }  # fmt: skip
+
+
+def _uptime() -> str | None:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def save(results: dict, name: str, out: Path | None) -> Path:

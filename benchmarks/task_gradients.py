@@ -4,6 +4,10 @@ Every strategy is first checked equal to the loop baseline (one forward, T ``aut
 ``ratio_vs_loop`` divides by the faster loop baseline: on the model itself or, where it has one,
 on its form with heads applied one by one (a loop pays T² for heads applied as one product).
 
+``--max-memory loop`` adds the bounded-memory rows: ``auto, max_memory=loop`` is
+``task_gradients(max_memory=M)`` with M the measured peak of the loop baseline (the plan it picks,
+a strategy and a chunk, is recorded), so its peak must come out at or under the loop's.
+
     python benchmarks/task_gradients.py                    # default table (a few minutes)
     python benchmarks/task_gradients.py --quick            # smoke run (seconds)
     python benchmarks/task_gradients.py --models cnn --tasks 11 --chunks 1,2,4
@@ -30,7 +34,7 @@ MAX_T = {"resnet": 11, "qm9_gnn": 11}
 
 
 def run_one(model: str, T: int, args) -> list[dict]:
-    problem = common.MODELS[model](T)
+    problem = common.build(model, T, args.device)
     leaves = common._leaves_requiring_grad(problem.params)
     losses, J, _ = common.loop_task_gradients(problem, leaves)
     params, batch, loss_fn = problem.params, problem.batch, problem.loss_fn
@@ -39,8 +43,8 @@ def run_one(model: str, T: int, args) -> list[dict]:
         return lambda: fmtl.task_gradients(loss_fn, params, batch, strategy=strategy, chunk_size=chunk)
 
     fns = {"loop baseline": lambda: common.loop_task_gradients(problem, leaves)}
-    if model in common.PER_HEAD:  # the loop is faster with heads one by one: it counts too
-        per_head = common.PER_HEAD[model](T)
+    if model in common.PER_HEAD_NAME:  # the loop is faster with heads one by one: it counts too
+        per_head = common.build(common.PER_HEAD_NAME[model], T, args.device)
         per_head_leaves = common._leaves_requiring_grad(per_head.params)
         fns["loop baseline, heads one by one"] = lambda: common.loop_task_gradients(per_head, per_head_leaves)
     for s in args.strategies:
@@ -51,6 +55,11 @@ def run_one(model: str, T: int, args) -> list[dict]:
     chosen = auto.choose_strategy(loss_fn, params, batch) if args.auto else None
     if args.auto:
         fns["auto"] = tg("auto")
+    plan = None
+    if args.max_memory == "loop":
+        budget = int(common.peak_mib(fns["loop baseline"], args.device) * 2**20)
+        plan = auto.choose(loss_fn, params, batch, max_memory=budget)
+        fns["auto, max_memory=loop"] = lambda: fmtl.task_gradients(loss_fn, params, batch, max_memory=budget)
     for name, f in fns.items():
         if not name.startswith("loop baseline"):
             common.assert_same_gradients(f(), losses, J)
@@ -65,19 +74,22 @@ def run_one(model: str, T: int, args) -> list[dict]:
                 print(model, T, s, "compiled: MISMATCH", e, flush=True)
                 continue
             compiled[f"{s} compiled"] = lambda f=f: f(params, batch)
-    times = common.bench({**fns, **compiled}, rounds=args.rounds, warmup=args.warmup)
+    times = common.timings({**fns, **compiled}, rounds=args.rounds, warmup=args.warmup, clock=args.clock,
+                           sync=common.sync_for(args.device))  # fmt: skip
     rows = list(mismatches)
-    loop_ms = min(times["loop baseline"], times.get("loop baseline, heads one by one", float("inf")))
-    for name, ms in times.items():
+    loop_ms = min(times["loop baseline"].ms, times.get("loop baseline, heads one by one", times["loop baseline"]).ms)
+    load = common.loadavg()
+    for name, t in times.items():
         f = {**fns, **compiled}[name]
+        picked = chosen if name == "auto" else (list(plan) if name == "auto, max_memory=loop" else None)
         rows.append({
-            "model": model, "T": T, "variant": name, "ms": round(ms, 3),
-            "ratio_vs_loop": round(ms / loop_ms, 3),
-            "peak_mib": round(common.peak_mib(f), 2) if args.memory else None,
-            "auto_chose": chosen if name == "auto" else None,
+            "model": model, "T": T, "variant": name, "ms": t.ms, "spread": t.spread,
+            "ratio_vs_loop": round(t.ms / loop_ms, 3),
+            "peak_mib": round(common.peak_mib(f, args.device), 2) if args.memory or name.startswith("auto,") else None,
+            "auto_chose": picked, "loadavg": load,
         })  # fmt: skip
-        print(f"{model:8s} T={T:3d} {name:22s} {ms:9.2f} ms  x{rows[-1]['ratio_vs_loop']:.2f}  "
-              f"peak {rows[-1]['peak_mib']} MiB" + (f"  (auto → {chosen})" if name == "auto" else ""), flush=True)
+        print(f"{model:8s} T={T:3d} {name:24s} {t.ms:9.2f} ms  x{rows[-1]['ratio_vs_loop']:.2f}  spread {t.spread}  "
+              f"peak {rows[-1]['peak_mib']} MiB" + (f"  (→ {picked})" if picked else ""), flush=True)
     return rows
 
 
@@ -90,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--chunks", default="", help="extra eager rows: jacrev with these chunk sizes")
     p.add_argument("--strategies", default=",".join(STRATEGIES), help="eager strategies to time")
     p.add_argument("--no-auto", dest="auto", action="store_false")
+    p.add_argument("--uncapped", action="store_true", help="run the GNN and ResNet at T > 11 too")
+    p.add_argument("--max-memory", choices=("", "loop"), default="", help="loop: add the max_memory=loop-peak row")
     common.add_run_args(p)
     args = p.parse_args(argv)
     common.setup(args)
@@ -99,11 +113,11 @@ def main(argv: list[str] | None = None) -> None:
     args.strategies = [s for s in args.strategies.split(",") if s]
     args.compile_tasks = [int(t) for t in args.compile_tasks.split(",") if t]
     args.chunks = [int(c) for c in args.chunks.split(",") if c]
-    results = {"machine": common.machine(), "rows": []}
+    results = {"machine": common.machine(args.device), "rows": []}
     name = Path(__file__).stem + ("" if args.malloc == "default" else "_malloc_tuned")
     for model in args.models.split(","):
         for T in (int(t) for t in args.tasks.split(",")):
-            if T <= MAX_T.get(model, T):
+            if args.uncapped or T <= MAX_T.get(model, T):
                 results["rows"] += run_one(model, T, args)
                 common.save(results, name, args.out)  # after every problem: a late failure loses nothing
     print("wrote", common.save(results, name, args.out))

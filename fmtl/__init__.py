@@ -12,6 +12,7 @@ adds. The training application built on them is :mod:`fmtl.train`, which this pa
 from . import accumulate, amp, atomic, balancers, optim, plateau, rng, schedules, transforms
 from .base import Balancer, EmptyState, TaskGradients
 from .params import Functional, functionalize, task_names
+from .representation import TwoStageLoss
 from .step import Step, StepState, make_step
 from .task_gradients import STRATEGIES, task_gradients
 from .torch_optim import TorchOptimizer
@@ -27,6 +28,7 @@ __all__ = [
     "StepState",
     "TaskGradients",
     "TorchOptimizer",
+    "TwoStageLoss",
     "accumulate",
     "amp",
     "atomic",

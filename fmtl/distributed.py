@@ -36,7 +36,7 @@ from torch.utils import _pytree as pytree
 
 from .balancers._common import assemble
 from .balancers._common import log_transform as _log_transform
-from .balancers.dbmtl import _ALPHAS, _scale
+from .balancers.dbmtl import ALPHAS, alpha_scale, ema_carry, ema_rows, ema_sq_norms
 from .base import Balancer, TaskGradients
 from .tree import leaves
 
@@ -369,10 +369,25 @@ def check_replicated(tree: Any, *, group: Group = None, enabled: bool | None = N
 
 
 class ShardedDBMTLState(NamedTuple):
-    """:func:`sharded_dbmtl`'s state: the step count k (0-d int64) and this rank's columns of ĝ ([T, ⌈P/W⌉])."""
+    """:func:`sharded_dbmtl`'s state: the step count k (0-d int64) and this rank's columns of ĝ.
+
+    As :class:`fmtl.balancers.DBMTLState`, ĝ is stored as scaled rows, ĝ_t = s_t u_t: ``rows``
+    holds u ([T, ⌈P/W⌉], this rank's columns), ``scale`` holds s ([T], the same on every rank);
+    ``ema`` gives ĝ.
+
+    Example:
+        >>> ShardedDBMTLState(torch.tensor(1), torch.ones(2, 3), torch.tensor([2.0, 1.0])).ema[:, 0]
+        tensor([2., 1.])
+    """
 
     count: torch.Tensor
-    ema: torch.Tensor
+    rows: torch.Tensor
+    scale: torch.Tensor
+
+    @property
+    def ema(self) -> torch.Tensor:
+        """This rank's columns of ĝ_t = s_t u_t ([T, ⌈P/W⌉])."""
+        return self.rows * self.scale[:, None]
 
 
 def _flat_rows(J: TensorDict, keys: list) -> torch.Tensor:
@@ -427,8 +442,8 @@ def sharded_dbmtl(
         >>> torch.equal(a["shared", "w"], b["shared", "w"])
         True
     """
-    if isinstance(alpha, str) and alpha not in _ALPHAS:
-        raise ValueError(f"alpha must be one of {_ALPHAS} or a number; got {alpha!r}")
+    if isinstance(alpha, str) and alpha not in ALPHAS:
+        raise ValueError(f"alpha must be one of {ALPHAS} or a number; got {alpha!r}")
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"beta must lie in [0, 1); got {beta}")
     mean = allreduce(group)
@@ -442,12 +457,13 @@ def sharded_dbmtl(
         return ShardedDBMTLState(
             torch.zeros((), dtype=torch.int64, device=shared[0].device),
             torch.zeros(num_tasks, size, dtype=shared[0].dtype, device=shared[0].device),
+            torch.zeros(num_tasks, dtype=shared[0].dtype, device=shared[0].device),
         )
 
     def update(
         grads: TaskGradients, state: ShardedDBMTLState, params: TensorDict
     ) -> tuple[TensorDict, ShardedDBMTLState, dict]:
-        W, (T, S) = world_size(group), state.ema.shape
+        W, (T, S) = world_size(group), state.rows.shape
         keys = list(params["shared"].keys(True, True))
         losses, tasks = mean((grads.losses, grads.tasks))
         J = _flat_rows(grads.shared, keys).detach()
@@ -461,22 +477,24 @@ def sharded_dbmtl(
             rows.div_(W)
         else:
             rows = J
-        g = _log_transform(TaskGradients(losses, TensorDict({"J": rows}, [T]), tasks), params, eps)
+        # the heads (and the domain check) go through the log transform; θ's 1/(ℓ_t+ε) lives in
+        # the rows' scale (fmtl.balancers.dbmtl.ema_carry), as in plain DB-MTL
+        heads = _log_transform(TaskGradients(losses, TensorDict({}, [T]), tasks), params, eps).tasks
         count = state.count + 1
-        beta_k = beta / count.to(rows.dtype) ** beta_sigma
-        ema = state.ema.lerp(g.shared["J"], 1.0 - beta_k)
-        sq_norms = ema.pow(2).sum(1)
+        carry, scale = ema_carry(state.scale, losses, count, beta, beta_sigma, eps)
+        u = ema_rows(state.rows, rows, carry)
+        sq_norms = ema_sq_norms(TensorDict({"u": u}, [T]), scale)
         if _active(group):
             _run(lambda: dist.all_reduce(sq_norms, group=group), "sharded_dbmtl norms", group)
         norms = sq_norms.sqrt()
-        weights = _scale(alpha, norms) / (norms + eps)
-        shard = weights.to(ema.dtype) @ ema
+        weights = alpha_scale(alpha, norms) / (norms + eps)
+        shard = (weights * scale).to(u.dtype) @ u
         if _active(group):
             full = torch.empty(W * S, dtype=shard.dtype, device=shard.device)
             _run(lambda: dist.all_gather_single(full, shard, group=group), "sharded_dbmtl all-gather", group)
         else:
             full = shard
         shared = _unflatten(full[:P], params["shared"], keys)
-        return assemble(shared, g.tasks), ShardedDBMTLState(count, ema), {"weights": weights}
+        return assemble(shared, heads), ShardedDBMTLState(count, u, scale.to(state.scale.dtype)), {"weights": weights}
 
     return Balancer(init, update)

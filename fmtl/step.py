@@ -14,6 +14,7 @@ from . import rng
 from .base import Balancer, TaskGradients
 from .optim import Optimizer, require_functional
 from .params import check_params, task_names
+from .representation import TwoStageLoss, check_support, representation_gradients
 from .task_gradients import LossFn, checked_loss, task_gradients
 from .tree import gramian, leaves, row_norms
 
@@ -51,16 +52,13 @@ class Step:
         return self._apply(params, state, batch)
 
 
-def _structure(tree: Any) -> Any:
-    return pytree.tree_structure(tree)
-
-
 def _signature(params: TensorDict) -> tuple:
     return tuple((k, tuple(v.shape), v.dtype, v.device) for k, v in params.items(True, True))
 
 
 def _state_layout(state: Any) -> tuple:
-    return _structure(state), [(tuple(x.shape), x.dtype, x.device) for x in pytree.tree_leaves(state)]
+    leaves_, spec = pytree.tree_flatten(state)  # once: flattening TensorDicts is most of the cost
+    return spec, [(tuple(x.shape), x.dtype, x.device) for x in leaves_]
 
 
 def _layout_mismatch(state: Any, got: tuple, want: tuple) -> str:
@@ -144,6 +142,8 @@ def make_step(
     strategy: str = "auto",
     chunk_size: int | None = None,
     diagnostics: bool = False,
+    rep_grad: bool = False,
+    max_memory: int | None = None,
     update_buffers: BufferUpdate | None = None,
 ) -> Step:
     """Builds the pure MTL training step ``step(params, state, batch) -> (params, state, info)``.
@@ -181,7 +181,8 @@ def make_step(
         reduce: hook applied to the losses and raw task gradients before the balancer
             (``reduce(TaskGradients) -> TaskGradients``; for loss balancers it is applied
             to the loss vector and to the weighted gradient instead).
-        strategy, chunk_size: passed to :func:`task_gradients`.
+        strategy, chunk_size, max_memory: passed to :func:`task_gradients` (``max_memory``: the
+            bytes its call may allocate at its peak; the chunk is chosen to fit).
         diagnostics: also compute the cosines (and, for loss balancers, the task gradients
             and their norms); the update is the same either way.
         update_buffers: ``update_buffers(params, buffers, batch) -> buffers`` for a model with
@@ -193,6 +194,13 @@ def make_step(
             training forward). Eagerly it replays the random state of the step's first forward,
             so its dropout masks are the gradient pass's; a compiled step cannot read the random
             state (dynamo does not trace ``torch.get_rng_state``) and draws its own masks there.
+        rep_grad: representation gradients (MGDA-UB; :mod:`fmtl.representation`): ``loss_fn``
+            must be a :class:`fmtl.TwoStageLoss` ``(encode, heads)``; the T task gradients are
+            taken w.r.t. the shared representation z (T backwards through the heads), the
+            balancer weighs them, and one backward through the encoder gives θ's gradient.
+            ``info["grad_norms"]`` and ``info["cosine"]`` are then those of ∇z ℓ_t. Gramian
+            methods and GradDrop only (DB-MTL, MoCo and MetaBalance raise ``ValueError`` at
+            ``init``); loss balancers are unaffected; no ``reduce`` hook.
 
     Example:
         >>> import torch, fmtl
@@ -213,6 +221,14 @@ def make_step(
     optimizer = require_functional(optimizer)  # a torch.optim object is pointed at fmtl.TorchOptimizer
     loss_only = balancer.loss_weights is not None
     with_diagnostics = bool(diagnostics)
+    jacobian = {"strategy": strategy, "chunk_size": chunk_size, "max_memory": max_memory}
+    if rep_grad:
+        if not isinstance(loss_fn, TwoStageLoss):
+            raise TypeError(
+                f"rep_grad=True needs loss_fn = fmtl.TwoStageLoss(encode, heads); got {type(loss_fn).__name__}"
+            )
+        if reduce is not None:
+            raise ValueError("rep_grad=True does not support a reduce hook (fmtl.representation says why)")
 
     layouts: dict = {}
 
@@ -220,14 +236,27 @@ def make_step(
         check_params(params)
         count = torch.zeros((), dtype=torch.int64, device=next(iter(leaves(params))).device)
         buffers = () if buffers is None else buffers
+        if rep_grad and not loss_only:
+            check_support(balancer, params, len(task_names(params)))
         return StepState(count, balancer.init(params, len(task_names(params))), optimizer.init(params), buffers)
 
     def gradient_method(params, state, batch):
-        grads = task_gradients(loss_fn, params, batch, strategy=strategy, chunk_size=chunk_size)
+        if rep_grad:
+            return representation_method(params, state, batch)
+        grads = task_gradients(loss_fn, params, batch, **jacobian)
         if reduce is not None:
             grads = reduce(grads)
         G, norms = _norms(grads)
         g, bstate, binfo = _guarded_balance(grads, norms, state, params)
+        return grads, G, norms, g, bstate, binfo
+
+    def representation_method(params, state, batch):
+        # the balancer weighs Z_t = ∇z ℓ_t as if z were θ; its z-shaped output goes back through
+        # the encoder in one backward
+        grads, z_params, pullback = representation_gradients(loss_fn, params, batch, **jacobian)
+        G, norms = _norms(grads)
+        g, bstate, binfo = _guarded_balance(grads, norms, state, z_params)
+        g = TensorDict({"shared": pullback(g["shared", "z"]), "tasks": g["tasks"]}, [])
         return grads, G, norms, g, bstate, binfo
 
     def _norms(grads: TaskGradients | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -263,7 +292,7 @@ def make_step(
             g = reduce(g)
         grads = None
         if with_diagnostics:
-            grads = task_gradients(loss_fn, params, batch, strategy=strategy, chunk_size=chunk_size)
+            grads = task_gradients(loss_fn, params, batch, **jacobian)
             if reduce is not None:
                 grads = reduce(grads)
         return global_losses, grads, g, bstate, binfo
@@ -291,7 +320,7 @@ def make_step(
         else:
             cosine = _nans(losses, T, T)
         updates, ostate = optimizer.update(g, state.optimizer, params)
-        new_params = params + updates
+        new_params = params.apply(torch.add, updates)  # a third cheaper than `params + updates`
         new_buffers = state.buffers
         if update_buffers is not None:
             after = rng.get(device) if replay else None

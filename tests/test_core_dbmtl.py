@@ -192,3 +192,37 @@ def test_bad_hyperparameters_are_refused():
         fmtl.balancers.dbmtl(alpha="largest")
     with pytest.raises(ValueError, match="beta"):
         fmtl.balancers.dbmtl(beta=1.5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), T=st.integers(1, 5), beta=st.floats(0.0, 0.99), sigma=st.floats(0.0, 1.0),
+       log=st.booleans())  # fmt: skip
+def test_scaled_rows_hold_the_ema_of_algorithm_1(seed, T, beta, sigma, log):
+    """ĝ = s ⊙ u after k steps equals β_k ĝ + (1−β_k) g_k written out, whatever the loss scales."""
+    gen = torch.Generator().manual_seed(seed)
+    params = _params_for(torch.zeros(T, 7, dtype=torch.float64))
+    b = fmtl.balancers.dbmtl(beta=beta, beta_sigma=sigma, log_transform=log)
+    state, ema = b.init(params, T), torch.zeros(T, 7, dtype=torch.float64)
+    for k in range(1, 5):
+        J = torch.randn(T, 7, generator=gen, dtype=torch.float64) * 10 ** (3 * torch.randn(T, 1, generator=gen))
+        losses = 10 ** (3 * torch.rand(T, generator=gen, dtype=torch.float64) - 1)
+        grad, state, info = b.update(_grads(J, losses, params), state, params)
+        beta_k = beta / k**sigma
+        g = J / (losses[:, None] + 1e-8) if log else J
+        ema = beta_k * ema + (1 - beta_k) * g
+        torch.testing.assert_close(state.ema["w"], ema, rtol=1e-12, atol=0)
+        norms = ema.norm(dim=1)
+        torch.testing.assert_close(grad["shared", "w"], (norms.max() / (norms + 1e-8)) @ ema, rtol=1e-11, atol=0)
+
+
+def test_a_negative_loss_under_the_log_is_not_ok_when_compiled():
+    params, loss_fn, batch, _ = toy_problem(num_tasks=2, dtype=torch.float32)
+    step = fmtl.make_step(lambda p, b: loss_fn(p, b) * torch.tensor([1.0, -1.0]), fmtl.balancers.dbmtl(),
+                          fmtl.optim.sgd(0.1))  # fmt: skip
+    state = step.init(params)
+    with pytest.raises(ValueError, match="non-negative"):
+        step(params, state, batch)
+    new, new_state, info = torch.compile(lambda p, s, b: step(p, s, b), fullgraph=True)(params, state, batch)
+    assert not bool(info["ok"])
+    assert_trees_close(new, params, rtol=0, atol=0)
+    assert_trees_close(new_state.balancer.rows, state.balancer.rows, rtol=0, atol=0)

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from tensordict import TensorDict
 
 import fmtl
+import fmtl.memory
 from fmtl import strategy as auto
 
 CONCRETE = ("jacrev", "vmap_grad", "loop")
@@ -204,6 +205,65 @@ def test_cache_key_tells_models_of_the_same_shapes_apart():
     assert key(one.loss_fn, p, x) != key(two.loss_fn, p, x)
 
 
+@settings(max_examples=40, deadline=None)
+@given(T=st.integers(1, 64), base=st.integers(0, 10_000), per_task=st.integers(1, 1_000), budget=st.integers(0, 80_000))
+def test_the_chunk_for_max_memory_is_the_largest_that_fits(T, base, per_task, budget):
+    """A peak of base + per_task·chunk (the shape of a chunked vmapped backward): the largest fitting chunk."""
+
+    def peak(plan):
+        return base + per_task * (T if plan.chunk_size is None else plan.chunk_size)
+
+    plan, measured = auto._fit_chunk(peak, "jacrev", T, budget)
+    assert measured == peak(plan)
+    fits = [c for c in range(1, T + 1) if base + per_task * c <= budget]
+    chunk = T if plan.chunk_size is None else plan.chunk_size
+    assert chunk == (max(fits) if fits else 1)  # nothing fits: the smallest working set
+    assert (plan.chunk_size is None) == (chunk == T) or T == 1
+
+
+def test_max_memory_chooses_a_chunk_that_fits_and_the_same_gradients():
+    auto.clear()
+    params, loss_fn, b = _problem(8, 4, 16, torch.float64, conv=True)
+    ref = _reference(loss_fn, params, b)
+    full = fmtl.memory.peak_bytes(lambda: fmtl.task_gradients(loss_fn, params, b, strategy="jacrev"))
+    one = fmtl.memory.peak_bytes(lambda: fmtl.task_gradients(loss_fn, params, b, strategy="jacrev", chunk_size=1))
+    budget = (full + one) // 2
+    plan = auto.choose(loss_fn, params, b, max_memory=budget, strategy="jacrev")
+    assert plan.strategy == "jacrev" and plan.chunk_size is not None and plan.chunk_size < 8
+    run = lambda: fmtl.task_gradients(loss_fn, params, b, strategy="jacrev", max_memory=budget)  # noqa: E731
+    assert fmtl.memory.peak_bytes(run) <= budget
+    _assert_matches(run(), ref, torch.float64)
+    # "auto" under the same bound times only what fits
+    chosen = auto.choose(loss_fn, params, b, max_memory=budget)
+    measured = fmtl.memory.peak_bytes(
+        lambda: fmtl.task_gradients(loss_fn, params, b, strategy=chosen.strategy, chunk_size=chosen.chunk_size)
+    )
+    assert measured <= budget
+    _assert_matches(fmtl.task_gradients(loss_fn, params, b, max_memory=budget), ref, torch.float64)
+
+
+def test_max_memory_under_compile_uses_the_loop():
+    params, loss_fn, b = _problem(3, 4, 5, torch.float32)
+
+    @torch.compile(fullgraph=True)
+    def plan(p, batch):
+        chosen = auto.choose(loss_fn, p, batch, max_memory=1)
+        return torch.tensor(CONCRETE.index(chosen.strategy))
+
+    assert int(plan(params, b)) == CONCRETE.index("loop")
+
+
+def test_all_tasks_at_once_is_kept_when_it_fits_though_large_chunks_do_not():
+    """Chunks copy their rows into place: all T at once can peak below a large chunk (the MLP at T = 40)."""
+    T, budget = 40, 175
+
+    def peak(plan):
+        return 104 if plan.chunk_size is None else 89 + 2.5 * plan.chunk_size + 0.8 * plan.chunk_size
+
+    plan, measured = auto._fit_chunk(peak, "jacrev", T, budget)
+    assert plan.chunk_size is None and measured == 104
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_loop_inside_a_transform_equals_the_autograd_loop(dtype):
     """Under torch.compile or a torch.func transform the loop is one vjp and T pullbacks, not
@@ -211,7 +271,33 @@ def test_loop_inside_a_transform_equals_the_autograd_loop(dtype):
     import sys
 
     params, loss_fn, b = _problem(4, 5, 6, dtype)
-    assert torch.func.functionalize(lambda x: torch.tensor(sys.modules["fmtl.task_gradients"]._in_transform()))(
+    assert torch.func.functionalize(lambda x: torch.tensor(sys.modules["fmtl.jacobian"]._in_transform()))(
         torch.zeros(1))  # fmt: skip
     g = torch.func.functionalize(lambda p: fmtl.task_gradients(loss_fn, p, b, strategy="loop"))(params)
     _assert_matches(g, _reference(loss_fn, params, b), dtype)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2])
+def test_chunked_vmap_grad_draws_the_dropout_masks_of_one_forward(chunk_size):
+    """Every chunk replays the first chunk's random draws: the same J as one forward (jacrev) under
+    the same seed, and the generator left where one forward leaves it."""
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Dropout(0.5))
+    heads = {t: torch.nn.Linear(8, 1) for t in "abc"}
+    params, apply = fmtl.functionalize(encoder, heads)
+    x = torch.randn(16, 3)
+
+    def loss_fn(p, b):
+        out = apply(p, b)
+        return torch.stack([out[t].pow(2).mean() for t in "abc"])
+
+    def run(strategy, chunk):
+        torch.manual_seed(1)
+        g = fmtl.task_gradients(loss_fn, params, x, strategy=strategy, chunk_size=chunk)
+        return g, torch.rand(1)  # the generator's position after the call
+
+    (ref, after_ref), (got, after) = run("jacrev", None), run("vmap_grad", chunk_size)
+    assert torch.equal(after, after_ref)
+    torch.testing.assert_close(got.losses, ref.losses)
+    for k in ref.shared.keys(True, True):
+        torch.testing.assert_close(got.shared[k], ref.shared[k])

@@ -1,0 +1,198 @@
+"""Representation gradients (MGDA-UB; LibMTL's ``rep_grad``): the T task gradients w.r.t. z, not θ.
+
+A model written in two stages, an encoder ``z = encode(θ, batch)`` and heads
+``ℓ = heads(ψ, z, batch)``, has ∇θ ℓ_t = (∂z/∂θ)ᵀ ∇z ℓ_t. ``make_step(..., rep_grad=True)``
+then computes
+
+1. z and the encoder's pullback: one forward of the encoder;
+2. the T gradients Z_t = ∇z ℓ_t (and ∇ψ_t ℓ_t) by :func:`fmtl.task_gradients` on the heads
+   alone, with z in place of θ: T backwards through the heads only;
+3. the balancer on them, as if z were θ: its output for θ is a z-shaped gradient g̃_z;
+4. one backward of the encoder with g̃_z as cotangent: ∇θ = (∂z/∂θ)ᵀ g̃_z.
+
+For a method whose output is a combination of the rows, g̃_z = Zᵀw, step 4 is the gradient of
+Σ_t w_t ℓ_t (one backward, the cost of equal weighting), so the whole step costs about an EW
+step plus T backwards through the heads and the T×T Gramian of Z.
+
+**How the maths differs from the parameter-gradient version.** The weights are chosen from the
+Gramian G_z = Z Zᵀ of the representation gradients instead of G = J Jᵀ: the inner products are
+taken over z's entries (batch × features, all flattened), not over θ. Sener & Koltun (2018,
+MGDA-UB) justify it for MGDA: ‖Σ_t w_t ∇θ ℓ_t‖ ≤ ‖∂z/∂θ‖ ‖Σ_t w_t Z_t‖, so minimizing the
+right-hand norm over the simplex minimizes an upper bound of MGDA's objective. For the other
+methods it is the same substitution without a bound: their conflict tests and projections see
+⟨∇z ℓ_s, ∇z ℓ_t⟩ rather than ⟨∇θ ℓ_s, ∇θ ℓ_t⟩.
+
+**Which methods** (derived, not listed: ``make_step`` accepts a balancer whose state does not
+depend on the shapes of θ, :func:`check_support`):
+
+* the Gramian methods — ``mgda`` (MGDA-UB), ``pcgrad``, ``cagrad``, ``upgrad``, ``imtl_g``,
+  ``aligned_mtl``, ``nash_mtl``, ``gradvac``, ``gradnorm``, ``imtl``: exactly the weighting above;
+  the weights of the heads (MGDA, GradNorm, IMTL, Nash-MTL) are applied to ∇ψ_t ℓ_t as usual;
+* ``graddrop``: its per-coordinate sign masks act on z, which is where the original paper puts
+  them (LibMTL applies GradDrop to z as well); the result is not a weighting of the losses, and
+  step 4 back-propagates the masked z-gradient;
+* the loss methods (``ew``, ``uw``, ``dwa``, …) compute no task gradients at all; ``rep_grad``
+  changes nothing for them.
+
+Refused, with a ``ValueError``: ``dbmtl`` (its EMA ĝ_t lives in θ-space; z changes with every
+batch, so an EMA of representation gradients has no meaning — LibMTL refuses it too),
+``moco`` and ``metabalance`` (their states are shaped like θ).
+
+**PCGrad.** Projecting one task gradient off another keeps it in the span of the rows, so the
+projected, summed z-gradient is Zᵀw with w = 1ᵀC (:func:`fmtl.balancers.pcgrad.pcgrad_coefficients`,
+C from G_z): back-propagating the projected z-gradient (how a rep-grad PCGrad would be written
+with ``.backward``) and the single backward of Σ_t w_t ℓ_t are the same computation. LibMTL
+refuses PCGrad, CAGrad, GradVac and Nash-MTL with ``rep_grad`` (its implementations project
+flat parameter vectors); fmtl's Gramian forms make them well defined.
+
+**Deviation from LibMTL.** LibMTL sums the per-sample representation gradients over the batch
+before its methods see them (a [T, D] matrix; its ``_get_grads``), so its Gramian is
+⟨Σ_b ∇z_b ℓ_s, Σ_b ∇z_b ℓ_t⟩. fmtl keeps the batch axis (Σ_b ⟨∇z_b ℓ_s, ∇z_b ℓ_t⟩), the inner
+product of MGDA-UB's bound and of the original MGDA-UB code; the back-propagated z-gradient
+Σ_t w_t Z_t is per sample in both.
+
+Not supported: a ``reduce`` hook (data-parallel): the ranks' z are different samples, so the
+global Gramian is the sum of the ranks' Gramians, not the Gramian of averaged rows; the hook
+for that does not exist yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from tensordict import TensorDict
+from torch.func import vjp
+from torch.utils import _pytree as pytree
+
+from .balancers.dbmtl import DBMTLState
+from .base import Balancer, TaskGradients
+from .task_gradients import task_gradients
+
+__all__ = ["TwoStageLoss", "check_support", "representation_gradients"]
+
+Encode = Callable[[TensorDict, Any], Any]
+Heads = Callable[[TensorDict, Any, Any], torch.Tensor]
+
+
+class TwoStageLoss(NamedTuple):
+    """A loss written as an encoder and heads: ``heads(ψ, encode(θ, batch), batch) -> Tensor[T]``.
+
+    ``encode(params["shared"], batch) -> z`` (a Tensor, or a TensorDict of tensors) and
+    ``heads(params["tasks"], z, batch) -> Tensor[T]``, one loss per task in the order of
+    ``params["tasks"]``. ℓ_t must depend on θ only through z (the heads never see θ). Called as
+    ``loss(params, batch)`` it is an ordinary ``loss_fn``, so the same problem runs with parameter
+    gradients (``make_step(loss, ...)``) or representation gradients
+    (``make_step(loss, ..., rep_grad=True)``).
+
+    Example:
+        >>> import torch, fmtl
+        >>> from tensordict import TensorDict
+        >>> encoder = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh())
+        >>> params, apply = fmtl.functionalize(encoder, {"a": torch.nn.Linear(8, 1), "b": torch.nn.Linear(8, 1)})
+        >>> def encode(shared, batch):
+        ...     return torch.func.functional_call(encoder, fmtl.params.flat_dict(shared), (batch["x"],))
+        >>> def heads(tasks, z, batch):
+        ...     out = fmtl.heads.linear_heads(tasks, z)
+        ...     return torch.stack([(out[t].squeeze(-1) - batch["y"][:, i]).pow(2).mean() for i, t in enumerate(out)])
+        >>> loss = fmtl.TwoStageLoss(encode, heads)
+        >>> batch = TensorDict({"x": torch.randn(16, 3), "y": torch.randn(16, 2)}, [16])
+        >>> loss(params, batch).shape
+        torch.Size([2])
+    """
+
+    encode: Encode
+    heads: Heads
+
+    def __call__(self, params: TensorDict, batch: Any) -> torch.Tensor:
+        return self.heads(params["tasks"], self.encode(params["shared"], batch), batch)
+
+
+def _probe(params: TensorDict) -> TensorDict:
+    first = next(iter(params["shared"].values(True, True)), None)
+    like = {} if first is None else {"dtype": first.dtype, "device": first.device}
+    return TensorDict({"shared": {"z": torch.zeros(1, **like)}, "tasks": params["tasks"]}, [])
+
+
+def check_support(balancer: Balancer, params: TensorDict, num_tasks: int) -> None:
+    """Raises ``ValueError`` unless ``balancer`` can run on representation gradients.
+
+    The test is structural: the balancer's state must not depend on the shapes of θ (it is built
+    for θ and must serve for any z). DB-MTL, MoCo and MetaBalance keep θ-shaped state and fail it.
+
+    Example:
+        >>> import fmtl
+        >>> p = TensorDict({"shared": {"w": torch.zeros(3)}, "tasks": {"a": {}, "b": {}}}, [])
+        >>> check_support(fmtl.balancers.get("mgda"), p, 2)
+        >>> check_support(fmtl.balancers.get("dbmtl"), p, 2)
+        Traceback (most recent call last):
+        ...
+        ValueError: rep_grad: DB-MTL does not run on representation gradients: ...
+    """
+    def layout(state: Any) -> tuple:
+        leaves, spec = pytree.tree_flatten(state)
+        return spec, [tuple(x.shape) for x in leaves]
+
+    state = balancer.init(params, num_tasks)
+    if isinstance(state, DBMTLState):
+        raise ValueError(
+            "rep_grad: DB-MTL does not run on representation gradients: its EMA ĝ_t lives in the space of θ, "
+            "and z changes with every batch; use parameter gradients (rep_grad=False)"
+        )
+    if layout(state) != layout(balancer.init(_probe(params), num_tasks)):
+        raise ValueError(
+            "rep_grad: this balancer keeps state shaped like the shared parameters θ (as MoCo and MetaBalance "
+            "do), which has no counterpart for the representation z; use parameter gradients (rep_grad=False)"
+        )
+
+
+def representation_gradients(
+    loss: TwoStageLoss,
+    params: TensorDict,
+    batch: Any,
+    *,
+    strategy: str = "auto",
+    chunk_size: int | None = None,
+    max_memory: int | None = None,
+) -> tuple[TaskGradients, TensorDict, Callable[[Any], TensorDict]]:
+    """The task gradients w.r.t. z, the parameters the balancer sees, and the encoder's pullback.
+
+    .. math::
+        z = \\mathrm{encode}(\\theta),\\quad Z_t = \\nabla_z \\ell_t,\\quad
+        \\mathrm{pullback}(v) = (\\partial z / \\partial \\theta)^\\top v
+
+    Returns ``(grads, z_params, pullback)``: ``grads.shared`` is the ``[T]``-stacked Z under the
+    key ``"z"``, ``grads.tasks`` holds ∇ψ_t ℓ_t; ``z_params`` is ``{"shared": {"z": z}, "tasks": ψ}``
+    (what the balancer gets as ``params``); ``pullback(g_z)`` is ∇θ ⟨g_z, z⟩, a TensorDict shaped
+    like ``params["shared"]``. The T backwards run through the heads only
+    (:func:`fmtl.task_gradients` with ``strategy``, ``chunk_size``, ``max_memory``; ``"auto"``
+    decides once per ``heads`` function and shape of z).
+
+    Example:
+        >>> import torch, fmtl
+        >>> p = TensorDict({"shared": {"w": torch.tensor(2.0)}, "tasks": {"a": {"v": torch.tensor(3.0)},
+        ...                 "b": {"v": torch.tensor(5.0)}}}, [])
+        >>> heads = lambda t, z, b: torch.stack([t["a", "v"] * z, t["b", "v"] * z])
+        >>> loss = TwoStageLoss(lambda s, b: s["w"] * b, heads)
+        >>> grads, zp, pullback = representation_gradients(loss, p, torch.tensor(1.0))
+        >>> grads.shared["z"], pullback(torch.tensor(1.0))["w"]  # ∇z ℓ = (3, 5); ∂z/∂w = b = 1
+        (tensor([3., 5.]), tensor(1.))
+    """
+    z, pullback = vjp(lambda shared: loss.encode(shared, batch), params["shared"])
+    z_params = TensorDict({"shared": {"z": z}, "tasks": params["tasks"]}, [])
+    grads = task_gradients(
+        _heads_loss(loss.heads), z_params, batch, strategy=strategy, chunk_size=chunk_size, max_memory=max_memory
+    )
+    # the balancer's output for z drops a TensorDict z's batch size; the pullback wants z's own structure
+    spec = pytree.tree_structure(z)
+    return grads, z_params, lambda g_z: pullback(pytree.tree_unflatten(pytree.tree_leaves(g_z), spec))[0]
+
+
+def _heads_loss(heads: Heads) -> Callable[[TensorDict, Any], torch.Tensor]:
+    # a fresh closure per call, but "auto"'s cache key is the code and the callables it closes
+    # over (fmtl.strategy.cache_key): one decision per `heads`
+    def heads_loss(p: TensorDict, batch: Any) -> torch.Tensor:
+        return heads(p["tasks"], p["shared", "z"], batch)
+
+    return heads_loss
