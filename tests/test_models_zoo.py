@@ -95,9 +95,10 @@ def test_every_strategy_equals_the_autograd_loop(name):
     ref = _reference(lf, m.params, batch)
     for strategy in ("jacrev", "vmap_grad", "loop"):
         _assert_matches(fmtl.task_gradients(lf, m.params, batch, strategy=strategy), ref, D)
-    # every shared leaf gets a gradient from some task (nothing in θ is dead)
+    # every shared leaf gets a gradient from some task (nothing in θ is dead); not for LTB, whose hard
+    # Gumbel sample leaves the branches no task selected without gradient by design
     for k, v in ref[1].items():
-        assert v.abs().sum() > 0, k
+        assert v.abs().sum() > 0 or name == "ltb", k
 
 
 @pytest.mark.parametrize("name", ["deeplab_hps", "segnet_mtan", "office", "cgc"])
