@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from ..base import Balancer
 
-__all__ = ["register", "names", "get"]
+__all__ = ["register", "names", "get", "defaults"]
 
 # name -> module under fmtl.balancers that defines the factory of that name (one module per
 # method, named after it): loss balancing, then gradient balancing, then hybrid, then DB-MTL.
@@ -65,3 +65,16 @@ def get(name: str, **hyperparameters) -> Balancer:
     if unknown:
         raise ValueError(f"balancer {name!r} has no hyperparameter(s) {unknown}; it takes {list(accepted)}")
     return factory(**hyperparameters)
+
+
+def defaults(name: str) -> dict:
+    """The hyperparameters of the balancer ``name`` and their defaults (what ``get(name)`` builds).
+
+    Example:
+        >>> defaults("dbmtl")["beta"]
+        0.9
+    """
+    if name not in _MODULES:
+        raise ValueError(f"unknown balancer {name!r}; choose one of {names()}")
+    return {k: p.default for k, p in inspect.signature(_factory(name)).parameters.items()
+            if p.default is not inspect.Parameter.empty}  # fmt: skip

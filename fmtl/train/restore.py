@@ -85,12 +85,12 @@ class Saver:
     Args:
         out: the run directory; cfg: its configuration; progress: its progress (read at each save);
         log: its ``metrics.jsonl`` (its size goes into the checkpoint); main: whether this rank writes;
-        device: whose random state is saved.
+        device: whose random state is saved; name: the file (``checkpoint.pt``, or ``best.pt``).
     """
 
     def __init__(self, out: Path, cfg: dict[str, Any], progress: Progress, log: Log, main: bool,
-                 device: torch.device) -> None:  # fmt: skip
-        self.path, self.cfg, self.progress, self.log, self.main, self.device = out / CHECKPOINT, cfg, progress, \
+                 device: torch.device, name: str = CHECKPOINT) -> None:  # fmt: skip
+        self.path, self.cfg, self.progress, self.log, self.main, self.device = out / name, cfg, progress, \
             log, main, device  # fmt: skip
         self.last_good = progress.where(self.path) if self.path.exists() else None
 
