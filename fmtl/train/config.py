@@ -70,12 +70,12 @@ def default_text(key: str) -> str:
 
     Example:
         >>> default_text("optimizer"), default_text("lr"), default_text("clip_norm")
-        ('default: adam', "default: the benchmark's (see `fmtl list`)", 'default: none (no clipping)')
+        ('default: adam', "default: the benchmark's, see `fmtl list`", 'default: none, no clipping')
     """
     v = DEFAULTS[key]
     if v is None:
-        return f"default: none ({UNSET_TEXT[key]})" if key in UNSET_TEXT else \
-            "default: the benchmark's (see `fmtl list`)"  # fmt: skip
+        return f"default: none, {UNSET_TEXT[key]}" if key in UNSET_TEXT else \
+            "default: the benchmark's, see `fmtl list`"  # fmt: skip
     return f"default: {str(v).lower() if isinstance(v, bool) else v}"
 
 
