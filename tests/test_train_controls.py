@@ -17,7 +17,6 @@ from fmtl.train.assemble import build_optimizer
 from fmtl.train.checkpoint import load
 from fmtl.train.config import DEFAULTS
 
-
 #: TINY with the progress and epoch lines on
 LOUD = [a for a in TINY if a != "--quiet"]
 

@@ -14,7 +14,6 @@ each task's epoch separately; its ``best.pt`` is the ensemble at its best mean e
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,8 @@ import torch
 from ..metrics import delta_p_tasks
 from . import checkpoint, problems, runs
 from .assemble import assemble
-from .config import differences
 from .evaluate import evaluate_epoch
+from .restore import load_for
 from .selection import directions, stl_reference
 from .world import World
 
@@ -68,11 +67,7 @@ def evaluate_run(run: str | os.PathLike[str], which: str = "best", *, device: st
     out = Path(run)
     cfg = runs.read_config(out)
     path = out / CHECKPOINTS[which]
-    payload = checkpoint.load(path)
-    diff = differences(payload["config"], json.loads(json.dumps(cfg)))
-    if diff:
-        raise checkpoint.CheckpointError(f"{path} was written by a different configuration than {out / runs.CONFIG} "
-                                         f"(settings that differ: {diff})")  # fmt: skip
+    payload = load_for(path, cfg, "it is not this run's")
     dev = torch.device(device) if device is not None else torch.device("cpu")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(cfg["seed"]))

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import atomic
-from .config import DEFAULTS, RESUMABLE, differences, dumps, load_toml, merge, tomllib
+from .config import DEFAULTS, RESUMABLE, TABLES, differences, dumps, load_toml, merge, tomllib
 from .problems import label, resolve
 from .selection import stl_reference
 
@@ -46,11 +46,14 @@ class RunDirError(ValueError):
 def normalize(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The configuration as it reads back from ``config.toml`` (so saved and new ones compare equal).
 
+    Every table is present (empty when unset), so a configuration written without one and one
+    with an empty one are the same run.
+
     Example:
         >>> normalize({**DEFAULTS, "benchmark": "synthetic", "model": {"hidden": (8,)}})["model"]
         {'hidden': [8]}
     """
-    return resolve(merge(DEFAULTS, tomllib.loads(dumps(cfg))))
+    return resolve(merge({t: {} for t in TABLES}, DEFAULTS, tomllib.loads(dumps(cfg))))
 
 
 def read_config(out: str | Path) -> dict[str, Any]:
