@@ -28,7 +28,8 @@ from tensordict import TensorDict
 
 from .tree import leaves_at, with_leaves
 
-__all__ = ["Optimizer", "SGDState", "AdamState", "sgd", "adam", "adamw", "get", "names", "require_functional"]
+__all__ = ["Optimizer", "SGDState", "AdamState", "sgd", "adam", "adamw", "get", "names", "defaults",
+           "require_functional"]  # fmt: skip
 
 LearningRate = float | torch.Tensor | Callable[[torch.Tensor], torch.Tensor | float]
 
@@ -284,6 +285,20 @@ def names() -> list[str]:
         ['adam', 'adamw', 'sgd']
     """
     return sorted(_FACTORIES)
+
+
+def defaults(name: str) -> dict[str, Any]:
+    """The hyperparameters of the optimizer ``name`` besides ``lr``, with their defaults.
+
+    Example:
+        >>> defaults("adamw")
+        {'betas': (0.9, 0.999), 'eps': 1e-08, 'weight_decay': 0.01}
+    """
+    import inspect
+
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(names())}")
+    return {k: p.default for k, p in inspect.signature(_FACTORIES[name]).parameters.items() if k != "lr"}
 
 
 def get(name: str, lr: LearningRate, **hyperparameters: Any) -> Optimizer:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Schedule", "SCHEDULES", "constant", "cosine", "step_decay", "warmup", "value", "get"]
+__all__ = ["Schedule", "SCHEDULES", "constant", "cosine", "step_decay", "warmup", "value", "options", "get"]
 
 Schedule = Callable[[torch.Tensor], torch.Tensor]
 
@@ -121,43 +121,68 @@ def value(lr: Schedule | float | torch.Tensor, k: int | torch.Tensor) -> float:
     return float(lr(_k(k)) if callable(lr) else lr)
 
 
-def get(name: str, lr: float, steps: int, **options: Any) -> Schedule:
+_OPTIONS = {"constant": (), "cosine": ("final",), "step": ("every", "gamma"),
+            "warmup": ("warmup_steps", "start", "then", "final")}  # fmt: skip
+
+
+def options(name: str, steps: int, **given: Any) -> dict[str, Any]:
+    """Every option of the schedule ``name`` for a run of ``steps`` updates: ``given``, then the defaults.
+
+    What :func:`get` builds the schedule with (and what a run records as its resolved scheduler
+    hyperparameters). Defaults: ``cosine`` — ``final`` 0; ``step`` — ``every`` steps // 3,
+    ``gamma`` 0.1; ``warmup`` — ``warmup_steps`` 5 % of the run (at least 1), ``start`` 1/3,
+    ``then`` ``"cosine"`` over the remaining updates (or ``"constant"``), ``final`` 0.
+
+    Example:
+        >>> options("step", 90)
+        {'every': 30, 'gamma': 0.1}
+        >>> options("cosine", 100, gamma=0.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: schedule 'cosine' has no option(s) ['gamma']; valid: ['final']
+        >>> options("linear", 100)
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown schedule 'linear'; valid: constant, cosine, step, warmup
+    """
+    if name not in _OPTIONS:
+        raise ValueError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULES)}")
+    unknown = sorted(set(given) - set(_OPTIONS[name]))
+    if unknown:
+        raise ValueError(f"schedule {name!r} has no option(s) {unknown}; valid: {list(_OPTIONS[name])}")
+    steps = max(int(steps), 1)
+    defaults: dict[str, Any] = {
+        "constant": {},
+        "cosine": {"final": 0.0},
+        "step": {"every": max(steps // 3, 1), "gamma": 0.1},
+        "warmup": {"warmup_steps": max(steps // 20, 1), "start": 1 / 3, "then": "cosine", "final": 0.0},
+    }[name]
+    out = {**defaults, **given}
+    if name == "warmup" and out["then"] not in ("cosine", "constant"):
+        raise ValueError(f"schedule 'warmup' takes then='cosine' or 'constant'; got {out['then']!r}")
+    return out
+
+
+def get(name: str, lr: float, steps: int, **given: Any) -> Schedule:
     """The schedule called ``name`` (one of :data:`SCHEDULES`) for a run of ``steps`` updates.
 
-    Options (all optional): ``cosine`` — ``final`` (0); ``step`` — ``every`` (steps // 3),
-    ``gamma`` (0.1); ``warmup`` — ``warmup_steps`` (5 % of the run, at least 1), ``start`` (1/3),
-    ``then`` (``"cosine"`` over the remaining updates, or ``"constant"``), ``final`` (0).
+    Options (all optional, defaults in :func:`options`): ``cosine`` — ``final``; ``step`` —
+    ``every``, ``gamma``; ``warmup`` — ``warmup_steps``, ``start``, ``then``, ``final``.
 
     Example:
         >>> s = get("warmup", 0.1, 100, warmup_steps=10, then="constant")
         >>> round(value(s, 1), 4), value(s, 11), value(s, 100)
         (0.0333, 0.1, 0.1)
-        >>> get("cosine", 0.1, 100, gamma=0.5)
-        Traceback (most recent call last):
-        ...
-        ValueError: schedule 'cosine' has no option(s) ['gamma']; valid: ['final']
-        >>> get("linear", 0.1, 100)
-        Traceback (most recent call last):
-        ...
-        ValueError: unknown schedule 'linear'; valid: constant, cosine, step, warmup
     """
-    valid = {"constant": (), "cosine": ("final",), "step": ("every", "gamma"),
-             "warmup": ("warmup_steps", "start", "then", "final")}  # fmt: skip
-    if name not in valid:
-        raise ValueError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULES)}")
-    unknown = sorted(set(options) - set(valid[name]))
-    if unknown:
-        raise ValueError(f"schedule {name!r} has no option(s) {unknown}; valid: {list(valid[name])}")
+    o = options(name, steps, **given)
     steps = max(int(steps), 1)
     if name == "constant":
         return constant(lr)
     if name == "cosine":
-        return cosine(lr, steps, final=float(options.get("final", 0.0)))
+        return cosine(lr, steps, final=float(o["final"]))
     if name == "step":
-        return step_decay(lr, int(options.get("every", max(steps // 3, 1))), float(options.get("gamma", 0.1)))
-    w = int(options.get("warmup_steps", max(steps // 20, 1)))
-    then = options.get("then", "cosine")
-    if then not in ("cosine", "constant"):
-        raise ValueError(f"schedule 'warmup' takes then='cosine' or 'constant'; got {then!r}")
-    after = cosine(lr, max(steps - w, 1), float(options.get("final", 0.0))) if then == "cosine" else constant(lr)
-    return warmup(after, w, start=float(options.get("start", 1 / 3)))
+        return step_decay(lr, int(o["every"]), float(o["gamma"]))
+    w = int(o["warmup_steps"])
+    final = float(o["final"])
+    after = cosine(lr, max(steps - w, 1), final) if o["then"] == "cosine" else constant(lr)
+    return warmup(after, w, start=float(o["start"]))

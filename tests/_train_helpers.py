@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,3 +71,18 @@ def crash_at_step(monkeypatch, n: int) -> Callable[[], None]:
 
     monkeypatch.setattr(fmtl.train.assemble, "make_step", crashing_make_step)
     return lambda: monkeypatch.setattr(fmtl.train.assemble, "make_step", real)
+
+
+def fmtl_script() -> str:
+    """The installed ``fmtl`` console script next to this Python."""
+    exe = shutil.which("fmtl", path=str(Path(sys.executable).parent))
+    assert exe, "the fmtl console script is not installed next to this Python"
+    return exe
+
+
+def run_fmtl(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
+    """Runs ``fmtl ARGS`` through the console script in ``cwd``; with ``ok`` asserts exit 0."""
+    done = subprocess.run([fmtl_script(), *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    if ok:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done

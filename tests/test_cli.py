@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from _train_helpers import TINY, results
@@ -142,11 +143,12 @@ def test_compare_builds_the_table(tmp_path, capsys):
     assert (out / "table.tex").read_text().startswith("\\begin{table}")
     assert (out / "delta_p.png").read_bytes()[:8] == PNG
     for m in ("ew", "dbmtl"):
-        for s in (0, 1):
-            assert results(out / m / f"seed{s}")["stl_dir"] == str(out / "stl" / f"seed{s}")
+        for s in (0, 1):  # the STL run lives next to the comparison, where `fmtl train` looks for it
+            stl_dir = results(out / m / f"seed{s}")["stl_dir"]
+            assert Path(stl_dir).parent == tmp_path and Path(stl_dir).name.startswith(f"synthetic-stl-seed{s}-")
     # second call: every finished run is reused (not retrained), the table is identical
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")}
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("checkpoint.pt")}
     assert len(before) == 6
     assert main(args) == 0
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")} == before
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("checkpoint.pt")} == before
     assert (out / "table.md").read_text() == md

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import TINY
+from _train_helpers import TINY, fmtl_script
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -80,15 +78,10 @@ def test_record_only_tables_are_read_but_are_not_settings(tmp_path):
     assert load_toml(p) == {"method": "ew"}
 
 
-def _fmtl() -> str:
-    exe = shutil.which("fmtl", path=str(Path(sys.executable).parent))
-    assert exe, "the fmtl console script is not installed next to this Python"
-    return exe
-
 
 def test_compare_with_a_per_method_option_through_the_console_script(tmp_path):
     """The issue's case: ``--opt dbmtl.beta=0.5`` reaches DB-MTL only (it failed: "'ew' has no ... ['dbmtl']")."""
-    args = [_fmtl(), "compare", *TINY, "--epochs", "1", "--methods", "ew,dbmtl", "--opt", "dbmtl.beta=0.5",
+    args = [fmtl_script(), "compare", *TINY, "--epochs", "1", "--methods", "ew,dbmtl", "--opt", "dbmtl.beta=0.5",
             "--out", str(tmp_path / "cmp")]  # fmt: skip
     done = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..base import Balancer
 
-__all__ = ["register", "names", "get", "kind", "hyperparameters"]
+__all__ = ["register", "names", "get", "defaults", "kind", "hyperparameters"]
 
 # name -> factory, in registration order (fmtl's methods first: loss, gradient, hybrid, DB-MTL)
 _FACTORIES: dict[str, Callable[..., Balancer]] = {}
@@ -123,3 +123,13 @@ def hyperparameters(name: str) -> dict[str, Any]:
     parameters = (_parameters(_factory(name)) or {}).values()
     variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     return {p.name: p.default for p in parameters if p.kind not in variadic}
+
+
+def defaults(name: str) -> dict[str, Any]:
+    """The hyperparameters of the balancer ``name`` that have defaults, and those defaults (what ``get(name)`` builds).
+
+    Example:
+        >>> defaults("dbmtl")["beta"]
+        0.9
+    """
+    return {k: v for k, v in hyperparameters(name).items() if v is not inspect.Parameter.empty}

@@ -19,17 +19,20 @@ from typing import Any, NamedTuple
 import torch
 from tensordict import TensorDict
 
-from .. import balancers, optim, rng
+from .. import balancers, optim, rng, schedules, transforms
 from ..accumulate import Accumulator, gradient_form
 from ..amp import autocast
 from ..base import Balancer
+from ..data import num_batches
 from ..step import Step, StepState, make_step
 from ..task_gradients import LossFn
 from . import stl
+from .controls import plateau_options
 from .problem import Problem
-from .world import World, mean_buffers
+from .world import World, check_shards, mean_buffers
 
-__all__ = ["Run", "Steps", "assemble", "build_steps", "choose_strategy", "strategy_of"]
+__all__ = ["Run", "Steps", "assemble", "build_steps", "choose_strategy", "strategy_of", "build_optimizer",
+           "steps_per_epoch", "hyperparameters"]  # fmt: skip
 
 
 class Run(NamedTuple):
@@ -40,7 +43,9 @@ class Run(NamedTuple):
         params: the initial parameters, on the run's device.
         state: ``step.init(params, buffers)``.
         loss_fn: the problem's loss under ``--amp`` autocast.
-        balancer, optimizer: from ``method``/``opts`` and ``optimizer``/``lr``/``weight_decay``.
+        balancer: from ``method``/``opts``.
+        optimizer: :func:`build_optimizer` (``optimizer``, ``lr``, ``weight_decay``, ``scheduler``,
+            ``schedule``, ``clip_norm``).
         update_buffers: the problem's BatchNorm update (averaged over ranks), or ``None``.
     """
 
@@ -69,6 +74,75 @@ def _balancer(cfg: Mapping[str, Any]) -> Balancer:
     return balancers.get(cfg["method"], **cfg["opts"])
 
 
+def steps_per_epoch(cfg: Mapping[str, Any], problem: Problem, world: World) -> int:
+    """Optimizer steps per epoch: global batches of the train split (a short last one kept on one process)."""
+    import warnings
+
+    n = len(problem.splits["train"])
+    with warnings.catch_warnings():  # the loop warns about a dropped last batch, once
+        warnings.simplefilter("ignore")
+        drop_last = check_shards(n, int(cfg["batch_size"]), world)
+    return num_batches(n, int(cfg["batch_size"]), drop_last=drop_last)
+
+
+def _schedule_options(cfg: Mapping[str, Any], total: int) -> dict[str, Any]:
+    given = dict(cfg.get("schedule") or {})
+    if cfg["scheduler"] == "plateau":
+        return plateau_options(given)
+    return schedules.options(cfg["scheduler"], total, **given)
+
+
+def build_optimizer(cfg: Mapping[str, Any], total_steps: int) -> optim.Optimizer:
+    """``chain(clip_norm, optimizer(schedule), lr_scale)`` of a run of ``total_steps`` updates.
+
+    The schedule is :func:`fmtl.schedules.get` of ``scheduler`` over the whole run (``plateau``: a
+    constant rate whose factor :mod:`fmtl.train.controls` lowers between epochs through
+    :func:`fmtl.transforms.lr_scale`); ``clip_norm`` clips the balanced gradient g̃ to that global
+    L2 norm before the optimizer sees it. Only the pieces a run asks for are chained (no clipping,
+    a step-count schedule: the bare optimizer, whose state is what it always was).
+
+    Deviation: ``cosine``, ``step`` and ``warmup`` span ``epochs`` × steps per epoch; a run extended
+    with ``--resume DIR --epochs N`` continues on the schedule of its new length.
+
+    Example:
+        >>> from fmtl.train.config import DEFAULTS
+        >>> opt = build_optimizer({**DEFAULTS, "lr": 0.1, "scheduler": "plateau", "clip_norm": 1.0}, 100)
+        >>> from tensordict import TensorDict
+        >>> [type(s).__name__ for s in opt.init(TensorDict({"w": torch.zeros(1)}, []))]
+        ['EmptyState', 'AdamState', 'LRScaleState']
+    """
+    name, lr = cfg["scheduler"], float(cfg["lr"])
+    options = _schedule_options(cfg, total_steps)
+    rate = lr if name in ("constant", "plateau") else schedules.get(name, lr, total_steps, **options)
+    base = optim.get(cfg["optimizer"], rate, weight_decay=float(cfg["weight_decay"]))
+    pieces = ([transforms.clip_norm(float(cfg["clip_norm"]))] if cfg.get("clip_norm") else []) + [base] + \
+        ([transforms.lr_scale()] if name == "plateau" else [])  # fmt: skip
+    return pieces[0] if len(pieces) == 1 else transforms.chain(*pieces)
+
+
+def hyperparameters(cfg: Mapping[str, Any], total_steps: int) -> dict[str, dict[str, Any]]:
+    """The resolved hyperparameters of a run's method, optimizer and scheduler (defaults filled in).
+
+    What ``config.toml`` (the record-only ``[resolved]`` table) and ``results.json`` record.
+
+    Example:
+        >>> from fmtl.train.config import DEFAULTS
+        >>> hp = hyperparameters({**DEFAULTS, "lr": 0.1, "opts": {"beta": 0.5}, "scheduler": "step"}, 30)
+        >>> hp["method"]["beta"], hp["optimizer"]["betas"], hp["scheduler"]
+        (0.5, [0.9, 0.999], {'name': 'step', 'steps': 30, 'every': 10, 'gamma': 0.1})
+    """
+    method = {} if cfg["method"] == "stl" else {**balancers.defaults(cfg["method"]), **cfg["opts"]}
+    opt = {**optim.defaults(cfg["optimizer"]), "lr": float(cfg["lr"]), "weight_decay": float(cfg["weight_decay"]),
+           "clip_norm": cfg.get("clip_norm")}  # fmt: skip
+    sched = {"name": cfg["scheduler"], "steps": int(total_steps), **_schedule_options(cfg, total_steps)}
+
+    def plain(d: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    return {"method": {"name": cfg["method"], **plain(method)}, "optimizer": {"name": cfg["optimizer"], **plain(opt)},
+            "scheduler": plain(sched)}  # fmt: skip
+
+
 def assemble(cfg: Mapping[str, Any], problem: Problem, world: World) -> Run:
     """The run of ``cfg`` on ``problem``: trained problem, initial params and state on ``world.device``.
 
@@ -84,7 +158,7 @@ def assemble(cfg: Mapping[str, Any], problem: Problem, world: World) -> Run:
         raise ValueError(f"accumulate must be >= 1; got {cfg['accumulate']}")
     balancer = _balancer(cfg)
     trained = stl.ensemble(problem) if cfg["method"] == "stl" else problem
-    optimizer = optim.get(cfg["optimizer"], float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]))
+    optimizer = build_optimizer(cfg, int(cfg["epochs"]) * steps_per_epoch(cfg, trained, world))
     loss_fn = autocast(trained.loss_fn, cfg["amp"], world.device.type)
     update = mean_buffers(trained.update_buffers, world)
     params = world.broadcast(trained.params.to(world.device))  # every rank starts from rank 0's θ, ψ_t

@@ -87,6 +87,11 @@ _EXTRA = {
     "metrics_bytes": (_count, "an int >= 0"),
     "epoch_loss_sum": (lambda v: isinstance(v, list) and all(type(x) in (int, float) for x in v), "a list of numbers"),
     "strategy": (lambda v: isinstance(v, str), "a str"),
+    "stopped": (lambda v: type(v) is bool, "a bool"),
+    # the plateau scheduler's PlateauState (scale, best, bad_epochs, cooldown, reductions); best starts at -inf
+    "plateau": (lambda v: isinstance(v, list) and len(v) == 5 and all(type(x) in (int, float) for x in v)
+                and _number(v[0]) and v[0] >= 0 and not math.isnan(v[1]) and all(_count(x) for x in v[2:]),
+                "a list [scale >= 0, best, bad_epochs, cooldown, reductions]"),
 }
 
 

@@ -1,4 +1,4 @@
-"""The ``fmtl`` command line: ``fmtl train``, ``fmtl compare``, ``fmtl tune`` and ``fmtl list``.
+"""The ``fmtl`` command line: ``fmtl train``, ``fmtl compare``, ``fmtl tune``, ``fmtl evaluate`` and ``fmtl list``.
 
 Example (the README's first command; trains the STL baseline first, then DB-MTL, and prints
 the per-task test MAE table with Δp)::
@@ -25,46 +25,67 @@ from typing import Any
 
 from ..amp import DTYPES
 from ..optim import names as optim_names
-from .config import DEFAULTS, for_method, load_toml, merge, parse_pairs
+from .config import DEFAULTS, default_text, for_method, load_toml, merge, parse_pairs
+from .fit import SCHEDULERS
 
 __all__ = ["main", "build_parser", "config_from_args"]
 
 EXIT_USAGE, EXIT_DIVERGED, EXIT_CHECKPOINT = 2, 3, 4
 
 
+def _d(key: str) -> str:
+    return f"({default_text(key)})"
+
+
 def _training_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--config", metavar="FILE", help="TOML file with settings (flags override it)")
-    g.add_argument("--benchmark", help="a registered problem: qm9 (default), synthetic, nyuv2, cityscapes, office31, "
-                   "officehome, multimnist (see `fmtl list`)")
+    g.add_argument("--benchmark", help="a registered problem: qm9, synthetic, nyuv2, cityscapes, office31, "
+                   f"officehome, multimnist (see `fmtl list`) {_d('benchmark')}")
     g.add_argument("--problem", metavar="FILE.py:NAME",
                    help="your own problem: NAME is a function in FILE.py returning a fmtl.train.Problem "
                         "(called with the --data/--model options as keyword arguments)")
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--optimizer", choices=tuple(optim_names()))
-    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--epochs", type=int, help=_d("epochs"))
+    g.add_argument("--batch-size", type=int, help=_d("batch_size"))
+    g.add_argument("--lr", type=float, help=f"learning rate {_d('lr')}")
+    g.add_argument("--optimizer", choices=tuple(optim_names()), help=_d("optimizer"))
+    g.add_argument("--weight-decay", type=float, help=_d("weight_decay"))
+    g.add_argument("--scheduler", choices=SCHEDULERS,
+                   help="learning-rate schedule over the run; plateau: ReduceLROnPlateau on validation Δp, "
+                        f"once per epoch {_d('scheduler')}")
+    g.add_argument("--schedule", action="append", default=[], metavar="KEY=VALUE",
+                   help="scheduler option, e.g. every=100 gamma=0.5 (step), warmup_steps=50 (warmup), final=1e-5 "
+                        "(cosine), factor=0.5 patience=3 (plateau) (repeatable; default: see fmtl.schedules.options, "
+                        "fmtl.train.controls.PLATEAU_DEFAULTS)")
+    g.add_argument("--clip-norm", type=float, metavar="C",
+                   help=f"clip the balanced gradient to global L2 norm C before the optimizer {_d('clip_norm')}")
+    g.add_argument("--patience", type=int, metavar="N",
+                   help=f"stop after N epochs without a better validation score {_d('patience')}")
     g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="method hyperparameter, e.g. beta=0.9 beta_sigma=0.5 alpha=max (repeatable)")
+                   help="method hyperparameter, e.g. beta=0.9 beta_sigma=0.5 alpha=max, or METHOD.key=value for "
+                        "one method (repeatable; defaults: `fmtl list`)")
     g.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
-                   help="dataset option, e.g. subset=2000 or representation=graph (repeatable)")
+                   help="dataset option, e.g. subset=2000 or representation=graph (repeatable; default: the "
+                        "benchmark's, see `fmtl list`)")
     g.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
-                   help="model option, e.g. hidden=[256,256] (repeatable)")
+                   help="model option, e.g. hidden=[256,256] (repeatable; default: the benchmark's)")
     g.add_argument("--arch", help="MTL architecture (same as --model arch=NAME): hps (default); mtan and "
                    "cross_stitch on nyuv2 and cityscapes")
     g.add_argument("--amp", choices=tuple(DTYPES),
-                   help="autocast the forward and losses to bfloat16 or float16 on the run's device")
+                   help=f"autocast the forward and losses to bfloat16 or float16 on the run's device {_d('amp')}")
     g.add_argument("--accumulate", type=int, metavar="K",
-                   help="accumulate per-task gradients over K micro-batches before the balancer")
-    g.add_argument("--compile", action="store_true", default=None, help="torch.compile(fullgraph=True) the step")
-    g.add_argument("--strategy", choices=("auto", "jacrev", "vmap_grad", "loop"), help="task-gradient strategy")
-    g.add_argument("--chunk-size", type=int, help="vmap chunk size of the task-gradient pass")
-    g.add_argument("--eval-batch-size", type=int)
-    g.add_argument("--log-every", type=int, metavar="N", help="write a metrics.jsonl step record every N steps")
+                   help=f"accumulate per-task gradients over K micro-batches before the balancer {_d('accumulate')}")
+    g.add_argument("--compile", action="store_true", default=None,
+                   help=f"torch.compile(fullgraph=True) the step {_d('compile')}")
+    g.add_argument("--strategy", choices=("auto", "jacrev", "vmap_grad", "loop"),
+                   help=f"task-gradient strategy {_d('strategy')}")
+    g.add_argument("--chunk-size", type=int, help=f"vmap chunk size of the task-gradient pass {_d('chunk_size')}")
+    g.add_argument("--eval-batch-size", type=int, help=_d("eval_batch_size"))
+    g.add_argument("--log-every", type=int, metavar="N",
+                   help=f"write a metrics.jsonl step record every N steps {_d('log_every')}")
     g.add_argument("--checkpoint-every", type=int, metavar="N",
-                   help="also checkpoint every N steps inside an epoch (default: once per epoch)")
+                   help="also checkpoint every N steps inside an epoch (default: 0, once per epoch)")
     g.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for torch (default: 1 for the MLP models, torch's choice for the GNN; "
                         "resume with the same N for bitwise-equal results)")
@@ -78,18 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
                                 "MTL methods (DB-MTL and baselines) against single-task learning.")  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train one method (Δp against STL, which is trained first if needed)")
-    t.add_argument("--method", help="a balancer name or 'stl' (default dbmtl; see `fmtl list`)")
-    t.add_argument("--seed", type=int)
+    t.add_argument("--method", help=f"a balancer name or 'stl' (see `fmtl list`) {_d('method')}")
+    t.add_argument("--seed", type=int, help=_d("seed"))
     t.add_argument("--out", metavar="DIR", help="output directory (default runs/<benchmark>-<method>-seed<S>)")
-    t.add_argument("--stl", metavar="DIR", help="finished STL run to measure Δp against, or 'none'")
+    t.add_argument("--stl", metavar="DIR", help="finished STL run to measure Δp against, or 'none' (default: the "
+                   "STL run of the same settings next to --out, trained first if needed)")
     t.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
-    t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events (needs tensorboard)")
+    t.add_argument("--tensorboard", action="store_true",
+                   help='also write TensorBoard events of every metrics.jsonl record and the hyperparameters '
+                        '(pip install "fmtl[tb]")')
     _training_flags(t)
     c = sub.add_parser("compare", help="several methods x seeds, one paper-style table")
     c.add_argument("--methods", help="comma-separated method names, e.g. ew,dbmtl,mgda")
     c.add_argument("--preset", metavar="NAME", help="the rows of a paper experiment instead of --methods: table5, "
                    "fig1, fig5, fig6 (also writes NAME.md/.csv/.png in the paper's form)")  # fmt: skip
-    c.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")
+    c.add_argument("--variant", action="append", default=[], metavar="LABEL=METHOD:key=value,...",
+                   help="an extra row: METHOD with its own hyperparameters, e.g. dbmtl-b05=dbmtl:beta=0.5 "
+                        "(repeatable)")
+    c.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1) (default: 1)")
     c.add_argument("--out", metavar="DIR", help="output directory (default runs/compare-<benchmark>, "
                    "runs/<preset>-<benchmark> with --preset)")  # fmt: skip
     _training_flags(c)
@@ -102,7 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--seeds", type=int, default=1, help="number of seeds per grid point (0..N-1)")
     u.add_argument("--out", metavar="DIR", help="output directory (default runs/tune-<benchmark>-<method>)")
     _training_flags(u)
-    sub.add_parser("list", help="list benchmarks and methods")
+    e = sub.add_parser("evaluate", help="test metrics and Δp of a run's best (selected) or last checkpoint")
+    e.add_argument("run", metavar="RUN", help="a run directory")
+    e.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="best.pt (the epoch selected on validation) or checkpoint.pt (default: best)")
+    e.add_argument("--device", help="cpu, cuda or cuda:N (default: cpu)")
+    e.add_argument("--json", action="store_true", help="print the result as strict JSON instead of a table")
+    sub.add_parser("list", help="list benchmarks (with their defaults) and methods (kind, hyperparameters)")
     return p
 
 
@@ -118,6 +151,7 @@ def _flag_layer(args: argparse.Namespace) -> dict[str, Any]:
         layer["benchmark"] = spec
     layer["method"] = getattr(args, "method", None)
     layer["opts"] = parse_pairs(args.opt, "--opt")
+    layer["schedule"] = parse_pairs(args.schedule, "--schedule")
     layer["data"] = parse_pairs(args.data, "--data")
     layer["model"] = parse_pairs(args.model, "--model")
     if args.arch is not None:
@@ -138,12 +172,6 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
     file_layer = load_toml(args.config) if args.config else {}
     return configure(None, merge(DEFAULTS, file_layer), _flag_layer(args))
-
-
-def _valid_methods() -> list[str]:
-    from .. import balancers
-
-    return sorted(balancers.names()) + ["stl"]
 
 
 def _print_run(results: dict[str, Any], out: Path, reused: bool) -> None:
@@ -209,7 +237,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from . import presets
-    from .compare import compare, expand_rows
+    from .compare import compare, expand_rows, parse_variant
     from .device import resolve
     from .fit import check
     from .problems import label
@@ -219,10 +247,13 @@ def _compare(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
     if args.preset and methods:
         raise ValueError(f"--preset {args.preset} fixes the rows of the table; drop --methods")
-    if not methods and not args.preset:
+    if args.preset and args.variant:
+        raise ValueError(f"--preset {args.preset} fixes the rows of the table; drop --variant")
+    if not methods and not args.preset and not args.variant:
         raise ValueError("--methods needs at least one method name (or give --preset NAME)")
     variants = presets.variants(args.preset) if args.preset else []
     check({**cfg, "method": "stl", "opts": {}})
+    variants = [*variants, *(parse_variant(v) for v in args.variant)]
     for row in expand_rows([m for m in methods if m != "stl"], variants, cfg["opts"]).values():
         check({**cfg, "method": row.method, "opts": row.opts})
     if args.seeds < 1:
@@ -233,7 +264,7 @@ def _compare(args: argparse.Namespace) -> int:
     if args.preset:
         res = presets.run_preset(cfg, args.preset, args.seeds, out, **kw)
     else:
-        res = compare(cfg, methods, args.seeds, out, **kw)
+        res = compare(cfg, methods, args.seeds, out, variants=variants, **kw)
     print(res["markdown"])
     if args.preset:
         print(f"\n{res['paper']}")
@@ -248,10 +279,33 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _list() -> int:
-    from .problems import names
+    from .catalog import listing
 
-    print("benchmarks: " + ", ".join(names()) + "  (or --problem FILE.py:NAME)")
-    print("methods:    " + ", ".join(_valid_methods()))
+    print(listing())
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate_run import evaluate_run
+    from .records import to_json
+    from .report import run_table
+
+    res = evaluate_run(args.run, args.checkpoint, device=args.device)
+    if args.json:
+        print(to_json(res, indent=1))
+        return 0
+    stl = None
+    if res["stl_dir"]:
+        from .runs import read_results
+        from .selection import stl_reference
+
+        stl = stl_reference(read_results(res["stl_dir"]))["test"]
+    print(f"{res['benchmark']} · {res['method']} · seed {res['seed']} · {res['checkpoint']} (epoch {res['epoch'] + 1})")
+    print(run_table(res, stl))
+    if res["delta_p"] is not None:
+        print(f"Δp = {res['delta_p']:+.2f}% (validation Δp {res['val_delta_p']:+.2f}%) against STL in {res['stl_dir']}")
+    else:
+        print("no finished STL reference: Δp is not available")
     return 0
 
 
@@ -275,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "list":
             return _list()
-        return {"train": _train, "compare": _compare, "tune": _tune}[args.command](args)
+        return {"train": _train, "compare": _compare, "tune": _tune, "evaluate": _evaluate}[args.command](args)
     except TrainingDiverged as e:
         print(f"fmtl: error: {e}", file=sys.stderr)
         return EXIT_DIVERGED

@@ -1,8 +1,11 @@
 """``fmtl compare``: several methods (and named variants of them) × seeds on one benchmark, one paper-style table.
 
-For each seed s the STL ensemble is trained once into ``<out>/stl/seed<s>`` and every row into
-``<out>/<row>/seed<s>`` with Δp measured against that seed's STL; finished runs are reused,
-unfinished ones resumed. A row is a method (``--methods ew,dbmtl``) or a named variant
+For each seed s the STL ensemble is trained once and every row into ``<out>/<row>/seed<s>`` with Δp
+measured against that seed's STL; finished runs are reused, unfinished ones resumed. The STL run
+lives where ``fmtl train`` looks for it, next to ``<out>``
+(:func:`fmtl.train.runs.default_stl_dir`: named after a hash of what changes its numbers), so a
+comparison and the single runs beside it (``runs/compare-qm9``, ``runs/qm9-dbmtl-seed0``) share it.
+A row is a method (``--methods ew,dbmtl``) or a named variant
 ``LABEL=METHOD:key=value,key=value`` (``--variant``, repeatable; :func:`parse_variant`), e.g.
 ``dbmtl-b05=dbmtl:beta=0.5`` next to plain ``dbmtl``. Hyperparameters: ``--opt key=value`` applies to
 every row, ``--opt METHOD.key=value`` to the rows of that method, a variant's own keys to it alone
@@ -165,7 +168,8 @@ def run_rows(
 ) -> dict[str, list[dict[str, Any]]]:
     """Trains (or reuses) the STL reference and every row for each seed; their results per label.
 
-    The runs go to ``<out>/stl/seed<s>`` and ``<out>/<row>/seed<s>``, each row's Δp measured
+    The runs go to ``<out>/<row>/seed<s>`` and the STL reference to :func:`runs.default_stl_dir` (next to
+    ``out``, where ``fmtl train`` looks for it), each row's Δp measured
     against its seed's STL run. Finished runs are reused, unfinished ones resumed (what
     ``fmtl compare`` and ``fmtl tune`` share).
 
@@ -186,8 +190,8 @@ def run_rows(
         if not quiet:
             print(f"fmtl: run {i} of {len(jobs)}: {job.label} seed {job.seed}", flush=True)
         seed_cfg = {**base, "seed": job.seed, "opts": {}}
-        stl_dir = out / REFERENCE / f"seed{job.seed}"
-        run_dir = out / job.label / f"seed{job.seed}"
+        stl_dir = runs.default_stl_dir(out, seed_cfg)  # where `fmtl train` looks for it: shared with train
+        run_dir = stl_dir if job.label == REFERENCE else out / job.label / f"seed{job.seed}"
         if job.label == REFERENCE:
             res = fit(None, stl_dir, config=runs.stl_config(seed_cfg), resume=True, overwrite=overwrite, quiet=quiet,
                       device=device)  # fmt: skip

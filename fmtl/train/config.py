@@ -1,8 +1,9 @@
 """Run configuration: TOML files (read with ``tomllib``, written with ``tomli-w``) and ``key=value`` overrides.
 
-A run is described by one flat dict of settings (:data:`DEFAULTS`) plus three tables:
+A run is described by one flat dict of settings (:data:`DEFAULTS`) plus four tables:
 ``opts`` (the method's hyperparameters, e.g. DB-MTL's β), ``data`` (dataset options, e.g.
-``subset``) and ``model`` (model sizes). The dict written to ``config.toml`` is the *resolved*
+``subset``), ``model`` (model sizes) and ``schedule`` (the options of ``scheduler``, e.g. the
+plateau's ``factor``). The dict written to ``config.toml`` is the *resolved*
 configuration (benchmark defaults filled in), so two runs are the same run exactly when their
 resolved configurations are equal.
 
@@ -28,8 +29,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["DEFAULTS", "TABLES", "RECORDS", "RESUMABLE", "parse_value", "parse_pairs", "load_toml", "dumps",
-           "merge", "nest_opts", "method_opts", "for_method", "differences"]  # fmt: skip
+__all__ = ["DEFAULTS", "TABLES", "RECORDS", "RESUMABLE", "UNSET_TEXT", "default_text", "parse_value", "parse_pairs",
+           "load_toml", "dumps", "merge", "nest_opts", "method_opts", "for_method", "differences"]  # fmt: skip
 
 #: Every top-level setting and its default; ``None`` means "the benchmark's default".
 DEFAULTS: dict[str, Any] = {
@@ -49,13 +50,33 @@ DEFAULTS: dict[str, Any] = {
     "eval_batch_size": None,
     "log_every": None,
     "checkpoint_every": 0,
+    "scheduler": "constant",
+    "clip_norm": None,
+    "patience": None,
 }
-#: The sub-tables: method hyperparameters, dataset options, model options.
-TABLES = ("opts", "data", "model")
-#: Top-level keys a ``config.toml`` may hold for the record only (not settings; not compared).
-RECORDS = ("fmtl_version", "environment")
+#: The sub-tables: method hyperparameters, dataset options, model options, scheduler options.
+TABLES = ("opts", "data", "model", "schedule")
+#: Top-level keys a ``config.toml`` may hold for the record only (not settings; not compared): the
+#: environment a run ran in, and the resolved hyperparameters of its method, optimizer and scheduler.
+RECORDS = ("fmtl_version", "environment", "resolved")
+#: What ``fmtl train --help`` says of a setting whose default is ``None`` (not the benchmark's).
+UNSET_TEXT = {"clip_norm": "no clipping", "patience": "no early stopping", "chunk_size": "no chunking"}
 #: Settings a run may change and still be the same run (``--resume DIR --epochs N`` trains longer).
 RESUMABLE = ("epochs",)
+
+
+def default_text(key: str) -> str:
+    """How ``--help`` states the default of setting ``key``: its value, what ``None`` means, or the benchmark's.
+
+    Example:
+        >>> default_text("optimizer"), default_text("lr"), default_text("clip_norm")
+        ('default: adam', "default: the benchmark's, see `fmtl list`", 'default: none, no clipping')
+    """
+    v = DEFAULTS[key]
+    if v is None:
+        return f"default: none, {UNSET_TEXT[key]}" if key in UNSET_TEXT else \
+            "default: the benchmark's, see `fmtl list`"  # fmt: skip
+    return f"default: {str(v).lower() if isinstance(v, bool) else v}"
 
 
 def parse_value(text: str) -> Any:

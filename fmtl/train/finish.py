@@ -3,21 +3,23 @@
 The selected epoch (:mod:`fmtl.train.selection`: validation Δp against STL, or the mean
 normalized error without a reference, or each task's own epoch for the STL ensemble) gives the
 reported *test* metrics, in the metrics' units; ``results.json`` also records the directions Δp
-reads them with, the last epoch's test metrics, the wall time, the world size, the device and
-the resolved configuration.
+reads them with, the last epoch's test metrics, the wall time, the world size, the device, the
+resolved configuration, the resolved hyperparameters of the method, optimizer and scheduler, the
+environment (:func:`fmtl.train.records.environment`), whether the run stopped early, and the
+``best.pt`` checkpoint of the selected epoch. It is strict JSON (:func:`fmtl.train.records.to_json`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .. import atomic
 from .problem import Problem
+from .records import to_json
 from .restore import Progress
-from .runs import RESULTS
+from .runs import BEST, RESULTS
 from .selection import directions, select
 
 __all__ = ["results", "finish", "CRITERIA_TEXT"]
@@ -29,7 +31,9 @@ CRITERIA_TEXT = {"val_delta_p": "validation Δp", "val_normalized_error": "valid
 
 
 def results(cfg: Mapping[str, Any], problem: Problem, progress: Progress, *, reference: Mapping[str, Any] | None,
-            stl_dir: str | None, wall: float, world_size: int, device: str) -> dict[str, Any]:  # fmt: skip
+            stl_dir: str | None, wall: float, world_size: int, device: str,
+            hyperparameters: Mapping[str, Any] | None = None,
+            environment: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """The results of a finished run (what ``results.json`` holds)."""
     method, tasks = cfg["method"], problem.tasks
     hib = directions(problem.metrics)
@@ -41,7 +45,9 @@ def results(cfg: Mapping[str, Any], problem: Problem, progress: Progress, *, ref
         "higher_is_better": hib, "selected": selected, "delta_p": selected["delta_p"],
         "final_test": progress.history[-1]["test"]["metrics"], "epochs": cfg["epochs"],
         "steps": progress.position["step"], "wall_time_s": wall, "stl_dir": stl_dir, "world_size": world_size,
-        "device": device, "config": dict(cfg),
+        "device": device, "config": dict(cfg), "hyperparameters": dict(hyperparameters or {}),
+        "environment": dict(environment or {}), "best_checkpoint": BEST,
+        "stopped_early": bool(progress.extra.get("stopped", False)),
     }  # fmt: skip
     if method != "stl" and reference is None:
         out["note"] = (f"no STL reference: the epoch was selected on the {CRITERIA_TEXT[selected['criterion']]} "
@@ -51,7 +57,7 @@ def results(cfg: Mapping[str, Any], problem: Problem, progress: Progress, *, ref
 
 def finish(out: Path, res: Mapping[str, Any], plots: bool) -> None:
     """Writes ``results.json`` atomically, then the PNG plots of ``metrics.jsonl`` (with ``plots``)."""
-    atomic.write(Path(out) / RESULTS, json.dumps(res, indent=1, allow_nan=True))
+    atomic.write(Path(out) / RESULTS, to_json(res, indent=1))
     if plots:
         from .plots import plot_run
 

@@ -13,6 +13,8 @@ of your own:
    the pure step on the run's device (:mod:`fmtl.train.assemble`);
 5. **restore** — from the checkpoint when resuming (:mod:`fmtl.train.restore`);
 6. **loop** — the epochs (:mod:`fmtl.train.loop`), with evaluation and checkpoints;
+   after each epoch, the plateau scheduler, early stopping and the ``best.pt`` checkpoint
+   (:mod:`fmtl.train.controls`);
 7. **finish** — the selected epoch, ``results.json``, plots (:mod:`fmtl.train.finish`).
 """
 
@@ -29,20 +31,26 @@ import torch
 from .. import atomic, balancers
 from ..amp import DTYPES
 from ..optim import names as optimizers
+from ..schedules import SCHEDULES
 from . import device as devices
 from . import problems, runs
 from . import world as worlds
-from .assemble import assemble, build_steps, strategy_of
+from .assemble import assemble, build_optimizer, build_steps, hyperparameters, steps_per_epoch, strategy_of
 from .config import DEFAULTS, TABLES, dumps, merge
+from .controls import EpochControls
 from .evaluate import evaluate_epoch
 from .finish import finish, results
 from .log import Log
 from .loop import TrainingDiverged, loop
 from .problem import Problem
+from .records import environment
 from .restore import Saver, restore
 from .selection import stl_reference
 
-__all__ = ["fit", "train", "configure", "check"]
+__all__ = ["fit", "train", "configure", "check", "SCHEDULERS"]
+
+#: The values of ``scheduler`` (``--scheduler``): the step-count schedules, and ``plateau``.
+SCHEDULERS = (*SCHEDULES, "plateau")
 
 
 def check(cfg: Mapping[str, Any], problem: Problem | None = None) -> None:
@@ -50,7 +58,8 @@ def check(cfg: Mapping[str, Any], problem: Problem | None = None) -> None:
 
     Checked before any data is loaded: the problem (a problem file is imported, so that what
     its top level registers counts), the method and its hyperparameters (the balancer is built
-    once), the optimizer, ``amp`` and ``accumulate``. With a ``problem`` object its name need not
+    once), the optimizer, the scheduler and its options, ``clip_norm``, ``patience``, ``amp`` and
+    ``accumulate``. With a ``problem`` object its name need not
     be registered.
 
     Example:
@@ -80,6 +89,13 @@ def check(cfg: Mapping[str, Any], problem: Problem | None = None) -> None:
         raise ValueError(f"amp must be one of {list(DTYPES)}; got {cfg['amp']!r}")
     if int(cfg["accumulate"]) < 1:
         raise ValueError(f"accumulate must be >= 1; got {cfg['accumulate']}")
+    if cfg["scheduler"] not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {cfg['scheduler']!r}; valid: {', '.join(SCHEDULERS)}")
+    if cfg.get("clip_norm") is not None and not float(cfg["clip_norm"]) > 0:
+        raise ValueError(f"clip_norm must be > 0; got {cfg['clip_norm']}")
+    if cfg.get("patience") is not None and int(cfg["patience"]) < 1:
+        raise ValueError(f"patience must be >= 1 epoch; got {cfg['patience']}")
+    build_optimizer(cfg, 1)  # unknown scheduler options fail here, before any data is loaded
 
 
 def configure(problem: Problem | None, config: Mapping[str, Any] | None, settings: Mapping[str, Any]) -> dict:
@@ -212,10 +228,21 @@ def train(
         steps = build_steps(run, cfg, strategy_of(run, cfg, params, progress.extra, world), world)
         truncate = (progress.extra["metrics_bytes"] if resumed else 0) if resume else None
         reference = stl_reference if cfg["method"] != "stl" else None
-        with Log(out, world.main, tensorboard, truncate) as log:
+        hp = hyperparameters(cfg, int(cfg["epochs"]) * steps_per_epoch(cfg, run.problem, world))
+        env = environment(world.device)
+        controls = EpochControls(cfg, run.problem.metrics, reference, progress.extra, world)
+        with Log(out, world.main, tensorboard, truncate, run.problem.tasks,
+                 progress.position["step"] if resumed else None) as log:  # fmt: skip
             if world.main:
-                atomic.write(out / runs.CONFIG, dumps(cfg))
+                atomic.write(out / runs.CONFIG, dumps({**cfg, "environment": env, "resolved": hp}))
             save = Saver(out, dict(cfg), progress, log, world.main, world.device)
+            save_best = Saver(out, dict(cfg), progress, log, world.main, world.device, name=runs.BEST)
+
+            def after_epoch(history: list, p: Any, s: Any) -> tuple[Any, bool]:
+                decision = controls(history, s)
+                if decision.best:
+                    save_best(p, decision.state)
+                return decision.state, decision.stop
 
             def evaluate(p: Any, s: Any, epoch: int) -> dict[str, Any]:
                 buffers = s.buffers if run.problem.buffers is not None else None
@@ -226,12 +253,13 @@ def train(
             t0 = time.perf_counter() - float(progress.extra["wall_s"])
             try:
                 params, state = loop(cfg, run.problem, steps, params, state, progress, world=world, log=log,
-                                     save=save, evaluate=evaluate, quiet=quiet)  # fmt: skip
+                                     save=save, evaluate=evaluate, after_epoch=after_epoch, quiet=quiet)  # fmt: skip
             except TrainingDiverged as e:
                 raise TrainingDiverged(f"training diverged at {e}; {save.intact()}") from None
             res = results(cfg, run.problem, progress, reference=stl_reference, stl_dir=stl_dir,
-                          wall=time.perf_counter() - t0, world_size=world.size,
-                          device=str(world.device)) if world.main else {}  # fmt: skip
+                          wall=time.perf_counter() - t0, world_size=world.size, device=str(world.device),
+                          hyperparameters=hp, environment=env) if world.main else {}  # fmt: skip
+            log.hparams(cfg, res)
         if world.main:
             finish(out, res, plots)
     world.stop()

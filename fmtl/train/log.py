@@ -1,15 +1,16 @@
 """What a run tells as it goes: ``metrics.jsonl`` (and TensorBoard), the progress bar, the epoch lines.
 
-``metrics.jsonl`` holds one JSON record per line: a ``header`` (tasks, method, benchmark, steps
-per epoch, world size), a ``step`` record every ``log_every`` steps (losses, task weights,
-gradient norms, T×T cosines, samples/s) and an ``epoch`` record per epoch (validation and test
-metrics, Δp, training loss, wall time). Only rank 0 writes; a resumed run first truncates the
+``metrics.jsonl`` holds one strict JSON record per line (a non-finite number is ``null``): a
+``header`` (tasks, method, benchmark, steps per epoch, world size), a ``step`` record every
+``log_every`` steps (losses, task weights, gradient norms, T×T cosines, samples/s) and an
+``epoch`` record per epoch (validation and test metrics, Δp, training loss and its mean normalized
+value, the plateau's learning-rate factor, whether it is the best epoch so far, wall time).
+Only rank 0 writes; a resumed run first truncates the
 file to its size at the checkpoint (lines written after it describe steps that are redone).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .records import to_json
 from .runs import METRICS
 
 __all__ = ["Log", "progress", "say", "short", "floats"]
@@ -49,12 +51,16 @@ class Log:
     Args:
         out: the run directory.
         active: whether this process writes (rank 0).
-        tensorboard: also write TensorBoard events (when the package is installed).
+        tensorboard: also write every record as TensorBoard events
+            (:class:`fmtl.train.tensorboard.TensorBoardLog`; when the ``[tb]`` extra is installed).
         truncate_to: on resume, the size of ``metrics.jsonl`` at the checkpoint (``0``: start it
             over); ``None`` for a new run.
+        tasks: the task names (TensorBoard's cosine tags).
+        purge_step: on resume, the checkpoint's step (TensorBoard drops the events after it).
     """
 
-    def __init__(self, out: Path, active: bool, tensorboard: bool, truncate_to: int | None) -> None:
+    def __init__(self, out: Path, active: bool, tensorboard: bool, truncate_to: int | None,
+                 tasks: tuple[str, ...] = (), purge_step: int | None = None) -> None:  # fmt: skip
         self.active, self.tb, self.f = active, None, None
         if not active:
             return
@@ -65,24 +71,24 @@ class Log:
                 f.truncate(truncate_to)
         self.f = open(path, "a", encoding="utf-8")
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+            from .tensorboard import TensorBoardLog
 
-                self.tb = SummaryWriter(str(out / "tensorboard"))
-            except ImportError:
-                print("fmtl: --tensorboard needs the tensorboard package (pip install tensorboard); "
-                      "continuing without it", file=sys.stderr)  # fmt: skip
+            try:
+                self.tb = TensorBoardLog(out / "tensorboard", list(tasks), purge_step=purge_step)
+            except ModuleNotFoundError as e:
+                print(f"fmtl: {e}; continuing without it", file=sys.stderr)
 
     def write(self, record: Mapping[str, Any]) -> None:
-        """Appends one JSON record."""
+        """Appends one strict-JSON record (:func:`fmtl.train.records.to_json`), and its scalars to TensorBoard."""
         if self.f is not None:
-            self.f.write(json.dumps(record, allow_nan=True) + "\n")
-
-    def scalars(self, prefix: str, values: Mapping[str, float], step: int) -> None:
-        """TensorBoard scalars ``prefix/key`` (nothing without ``--tensorboard``)."""
+            self.f.write(to_json(record) + "\n")
         if self.tb is not None:
-            for k, v in values.items():
-                self.tb.add_scalar(f"{prefix}/{k}", v, step)
+            self.tb.write(record)
+
+    def hparams(self, config: Mapping[str, Any], results: Mapping[str, Any]) -> None:
+        """The run's hyperparameters and final metrics in TensorBoard (nothing without ``--tensorboard``)."""
+        if self.tb is not None:
+            self.tb.hparams(config, results)
 
     def size(self) -> int:
         """The file's size after flushing it to disk (what a checkpoint records)."""

@@ -11,6 +11,10 @@
 * every ``log_every`` steps a step record goes to ``metrics.jsonl``; every epoch the validation
   and test metrics are evaluated and a checkpoint is written (also every ``checkpoint_every``
   steps inside an epoch);
+* after each epoch, ``after_epoch`` may change the learning-rate factor or stop the run
+  (:mod:`fmtl.train.controls`); the epoch line shows the mean normalized training loss
+  (each task's mean loss over the epoch divided by its epoch-1 value,
+  :func:`fmtl.train.report.mean_normalized_loss`: a raw sum would be the largest-scale task's);
 * a non-finite loss or gradient stops the run with :class:`TrainingDiverged`, naming the tasks
   and the step; the last checkpoint is left as it was.
 """
@@ -28,6 +32,7 @@ from ..data import batch_indices, num_batches
 from .assemble import Steps
 from .log import Log, floats, progress, say, short
 from .problem import Problem
+from .report import mean_normalized_loss
 from .restore import Progress
 from .world import World, check_shards
 
@@ -63,6 +68,10 @@ def train_batches(problem: Problem, cfg: Mapping[str, Any], world: World, epoch:
     yield from stream.epoch(epoch, start)
 
 
+def _best_epoch(history: list[dict[str, Any]]) -> int:
+    return max((r["epoch"] for r in history if r.get("best")), default=-1) + 1
+
+
 def loop(
     cfg: Mapping[str, Any],
     problem: Problem,
@@ -75,6 +84,7 @@ def loop(
     log: Log,
     save: Callable[[TensorDict, Any], None],
     evaluate: Callable[[TensorDict, Any, int], dict[str, Any]],
+    after_epoch: Callable[[list[dict[str, Any]], TensorDict, Any], tuple[Any, bool]] | None = None,
     quiet: bool = False,
 ) -> tuple[TensorDict, Any]:
     """Trains from ``progress_`` to ``cfg["epochs"]``; returns the final params and state.
@@ -89,6 +99,10 @@ def loop(
         log: the ``metrics.jsonl`` writer.
         save: ``save(params, state)`` writes a checkpoint (rank 0) of the current progress.
         evaluate: ``evaluate(params, state, epoch)`` → the epoch's validation/test record.
+        after_epoch: ``after_epoch(history, params, state) -> (state, stop)`` once the epoch is in
+            the history, before it is logged and checkpointed (:mod:`fmtl.train.controls`: the
+            plateau's learning-rate factor, early stopping, the ``best`` checkpoint); ``stop``
+            ends the run after this epoch (remembered in ``extra["stopped"]``).
         quiet: no progress bar and no epoch lines.
 
     Raises:
@@ -105,7 +119,7 @@ def loop(
                    "steps_per_epoch": steps_per_epoch, "world_size": world.size})  # fmt: skip
     log_every, ckpt_every = max(1, int(cfg["log_every"])), int(cfg["checkpoint_every"])
     t_start = time.perf_counter() - float(extra["wall_s"])
-    while position["epoch"] < E:
+    while position["epoch"] < E and not extra.get("stopped", False):
         epoch = position["epoch"]
         bar = progress(steps_per_epoch, position["batch"], f"{method} epoch {epoch + 1}/{E}", quiet, world.main)
         t_window, n_window = time.perf_counter(), 0
@@ -147,8 +161,6 @@ def loop(
                        "grad_norms": dict(zip(tasks, floats(info["grad_norms"]), strict=True)),
                        "cosine": floats(info["cosine"]), "samples_per_s": rate}  # fmt: skip
                 log.write(rec)
-                log.scalars("train_loss", rec["losses"], position["step"])
-                log.scalars("weight", rec["weights"], position["step"])
                 bar.set_postfix_str(f"{rate:.0f} samples/s {short(tasks, losses)}", refresh=False)
             if ckpt_every and position["step"] % ckpt_every == 0 and position["batch"] < steps_per_epoch:
                 extra["wall_s"] = time.perf_counter() - t_start
@@ -161,15 +173,23 @@ def loop(
         extra["epoch_loss_sum"], extra["epoch_steps"] = [0.0] * len(tasks), 0
         extra["wall_s"] = time.perf_counter() - t_start
         rec["wall_s"] = extra["wall_s"]
+        first = (history[0] if history else rec)["train_loss"]
+        rec["train_loss_normalized"] = mean_normalized_loss(list(rec["train_loss"].values()), list(first.values()))
         history.append(rec)
+        if after_epoch is not None:
+            state, stop = after_epoch(history, params, state)
+            if stop:
+                extra["stopped"] = True
         if world.main:
             log.write({"type": "epoch", **rec})
-            log.scalars("val_normalized_error", {t: v for t, v in rec["val"]["normalized"].items() if v is not None},
-                        position["step"])  # fmt: skip
             dp = f", val Δp {rec['val_delta_p']:+.2f}%" if "val_delta_p" in rec else ""
             norm = list(rec["val"]["normalized"].values())
             mne = f", val mean normalized error {sum(norm) / len(norm):.4f}" if None not in norm else ""
-            say(f"[{method}] epoch {epoch + 1}/{E}: train loss {sum(rec['train_loss'].values()):.4g}"
-                f"{mne}{dp} ({extra['wall_s']:.0f} s)", quiet, world.main)  # fmt: skip
+            lr = f", lr ×{rec['lr_scale']:.3g}" if "lr_scale" in rec else ""
+            stopped = f"; stopping early (no better validation score for {epoch + 1 - _best_epoch(history)} epochs)" \
+                if extra.get("stopped") else ""  # fmt: skip
+            say(f"[{method}] epoch {epoch + 1}/{E}: train loss {rec['train_loss_normalized']:.4g} (mean ℓ_t/ℓ_t at "
+                f"epoch 1){mne}{dp}{lr}{' *' if rec.get('best') else ''} ({extra['wall_s']:.0f} s){stopped}", quiet,
+                world.main)  # fmt: skip
         save(params, state)
     return params, state

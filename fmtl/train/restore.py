@@ -12,6 +12,7 @@ on the run's device, after checking that it was written by the same configuratio
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from .config import differences
 from .log import Log
 from .runs import CHECKPOINT, CONFIG
 
-__all__ = ["Progress", "restore", "Saver"]
+__all__ = ["Progress", "load_for", "restore", "Saver"]
 
 
 @dataclass
@@ -52,6 +53,21 @@ class Progress:
         return f"{path} (epoch {self.position['epoch']}, step {self.position['step']})"
 
 
+def load_for(path: Path, cfg: Mapping[str, Any], refusal: str) -> dict[str, Any]:
+    """The verified checkpoint at ``path``, if the run ``cfg`` wrote it (``epochs`` may differ: a run may be extended).
+
+    Raises:
+        fmtl.train.checkpoint.CheckpointError: unusable, or written by another configuration (the
+            message lists the settings that differ, then ``refusal``).
+    """
+    payload = checkpoint.load(path)
+    diff = differences(payload["config"], json.loads(json.dumps(dict(cfg))))
+    if diff:
+        raise checkpoint.CheckpointError(f"{path} was written by a different configuration than "
+                                         f"{Path(path).parent / CONFIG} (settings that differ: {diff}); {refusal}")
+    return payload
+
+
 def restore(out: Path, cfg: dict[str, Any], params: TensorDict, state: Any, num_tasks: int, device: torch.device,
             resume: bool) -> tuple[TensorDict, Any, Progress, bool]:  # fmt: skip
     """``(params, state, progress, resumed)`` from ``out/checkpoint.pt`` when ``resume``, else the given ones.
@@ -65,13 +81,7 @@ def restore(out: Path, cfg: dict[str, Any], params: TensorDict, state: Any, num_
     path = Path(out) / CHECKPOINT
     if not resume or not path.exists():
         return params, state, Progress.fresh(num_tasks), False
-    payload = checkpoint.load(path)
-    diff = differences(payload["config"], json.loads(json.dumps(cfg)))
-    if diff:
-        raise checkpoint.CheckpointError(
-            f"{path} was written by a different configuration than {Path(out) / CONFIG} (settings that differ: "
-            f"{diff}); refusing to resume (start over with --overwrite)"
-        )
+    payload = load_for(path, cfg, "refusing to resume (start over with --overwrite)")
     params, state = checkpoint.restore(payload, params, state)
     progress = Progress(dict(payload["position"]), list(payload["history"]),
                         {**Progress.fresh(num_tasks).extra, **payload["extra"]})  # fmt: skip
@@ -85,12 +95,12 @@ class Saver:
     Args:
         out: the run directory; cfg: its configuration; progress: its progress (read at each save);
         log: its ``metrics.jsonl`` (its size goes into the checkpoint); main: whether this rank writes;
-        device: whose random state is saved.
+        device: whose random state is saved; name: the file (``checkpoint.pt``, or ``best.pt``).
     """
 
     def __init__(self, out: Path, cfg: dict[str, Any], progress: Progress, log: Log, main: bool,
-                 device: torch.device) -> None:  # fmt: skip
-        self.path, self.cfg, self.progress, self.log, self.main, self.device = out / CHECKPOINT, cfg, progress, \
+                 device: torch.device, name: str = CHECKPOINT) -> None:  # fmt: skip
+        self.path, self.cfg, self.progress, self.log, self.main, self.device = out / name, cfg, progress, \
             log, main, device  # fmt: skip
         self.last_good = progress.where(self.path) if self.path.exists() else None
 

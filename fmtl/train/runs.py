@@ -24,17 +24,19 @@ from pathlib import Path
 from typing import Any
 
 from .. import atomic
-from .config import DEFAULTS, RESUMABLE, differences, dumps, load_toml, merge, tomllib
+from .config import DEFAULTS, RESUMABLE, TABLES, differences, dumps, load_toml, merge, tomllib
 from .problems import label, resolve
 from .selection import stl_reference
 
-__all__ = ["RunDirError", "CHECKPOINT", "METRICS", "RESULTS", "CONFIG", "OWNED", "normalize", "read_config",
-           "read_results", "prepare", "stl_config", "default_stl_dir", "default_out", "find_stl",
+__all__ = ["RunDirError", "CHECKPOINT", "BEST", "METRICS", "RESULTS", "CONFIG", "OWNED", "normalize", "read_config",
+           "read_results", "prepare", "STL_IGNORES", "stl_config", "default_stl_dir", "default_out", "find_stl",
            "remove_stale_temps"]  # fmt: skip
 
 CHECKPOINT, METRICS, RESULTS, CONFIG = "checkpoint.pt", "metrics.jsonl", "results.json", "config.toml"
+#: The checkpoint of the selected (best validation) epoch.
+BEST = "best.pt"
 #: What ``--overwrite`` deletes: fmtl's own files only.
-OWNED = (CONFIG, METRICS, RESULTS, CHECKPOINT, "plots", "tensorboard")
+OWNED = (CONFIG, METRICS, RESULTS, CHECKPOINT, BEST, "plots", "tensorboard")
 
 
 class RunDirError(ValueError):
@@ -44,11 +46,14 @@ class RunDirError(ValueError):
 def normalize(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The configuration as it reads back from ``config.toml`` (so saved and new ones compare equal).
 
+    Every table is present (empty when unset), so a configuration written without one and one
+    with an empty one are the same run.
+
     Example:
         >>> normalize({**DEFAULTS, "benchmark": "synthetic", "model": {"hidden": (8,)}})["model"]
         {'hidden': [8]}
     """
-    return resolve(merge(DEFAULTS, tomllib.loads(dumps(cfg))))
+    return resolve(merge({t: {} for t in TABLES}, DEFAULTS, tomllib.loads(dumps(cfg))))
 
 
 def read_config(out: str | Path) -> dict[str, Any]:
@@ -78,7 +83,7 @@ def remove_stale_temps(out: str | Path) -> list[str]:
         (['.checkpoint.pt.x1y2.tmp'], [])
     """
     out = Path(out)
-    stale = [tmp for name in (CHECKPOINT, CONFIG, METRICS, RESULTS) for tmp in atomic.temporary_files(out / name)]
+    stale = [tmp for name in (CHECKPOINT, BEST, CONFIG, METRICS, RESULTS) for tmp in atomic.temporary_files(out / name)]
     removed = []
     for tmp in stale:
         if tmp.is_file():
@@ -134,14 +139,26 @@ def prepare(out: str | Path, cfg: Mapping[str, Any], *, resume: bool = False, ov
     return "resume"
 
 
+#: Settings that do not change the STL ensemble's numbers (beyond rounding): its runs leave them at
+#: their defaults, so runs that differ only in them share one STL reference. The ensemble is trained
+#: with equal weighting, which needs no task gradients (``strategy``, ``chunk_size``), the method's
+#: hyperparameters are not its, and ``compile`` and logging change neither its steps nor its data order.
+STL_IGNORES = ("opts", "compile", "strategy", "chunk_size", "log_every", "checkpoint_every")
+
+
 def stl_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The STL run that serves as the Δp reference of ``cfg``: same settings, method ``stl``.
+    """The STL run that serves as the Δp reference of ``cfg``: method ``stl``, keyed only by what changes its numbers.
+
+    Every setting of :data:`STL_IGNORES` is reset to its default, so ``fmtl train --compile``, a
+    different ``--log-every`` or another method's ``--opt`` reuse the same STL run.
 
     Example:
-        >>> stl_config({"method": "dbmtl", "opts": {"beta": 0.5}, "seed": 1})
-        {'method': 'stl', 'opts': {}, 'seed': 1}
+        >>> stl_config({"method": "dbmtl", "opts": {"beta": 0.5}, "seed": 1, "compile": True})
+        {'method': 'stl', 'opts': {}, 'seed': 1, 'compile': False, 'strategy': 'auto', 'chunk_size': None, \
+'log_every': None, 'checkpoint_every': 0}
     """
-    return {**cfg, "method": "stl", "opts": {}}
+    reset = {k: ({} if k == "opts" else DEFAULTS[k]) for k in STL_IGNORES}
+    return {**cfg, "method": "stl", **reset}
 
 
 def default_out(cfg: Mapping[str, Any]) -> Path:

@@ -15,12 +15,13 @@ the one with the best *validation* score and the reported numbers are its *test*
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..metrics import delta_p, delta_p_tasks
 
-__all__ = ["directions", "select", "stl_reference", "CRITERIA"]
+__all__ = ["directions", "epoch_scores", "best_index", "select", "stl_reference", "CRITERIA"]
 
 CRITERIA = ("val_delta_p", "val_normalized_error", "val_delta_p_vs_first_epoch", "per_task_val")
 
@@ -38,6 +39,40 @@ def directions(metrics: Mapping[str, Any]) -> dict[str, dict[str, bool]]:
 
 def _main_metric_better(a: float, b: float, higher: bool) -> bool:
     return a > b if higher else a < b
+
+
+def epoch_scores(history: Sequence[Mapping[str, Any]], hib: Mapping[str, Mapping[str, bool]],
+                 stl: Mapping[str, Any] | None = None) -> tuple[str, list[float], bool]:
+    """``(criterion, one validation score per epoch, whether higher is better)``: what epochs are selected on.
+
+    Validation Δp against ``stl``; without it the mean normalized error (lower is better), or the
+    validation Δp against the first epoch when a task has no normalized error. Early stopping,
+    the ``best`` checkpoint and the plateau scheduler read the same scores, so they agree with
+    the epoch :func:`select` reports.
+
+    Example:
+        >>> ev = lambda a: {"metrics": {"a": {"mae": a}}, "normalized": {"a": a}}
+        >>> epoch_scores([{"val": ev(2.0)}, {"val": ev(1.0)}], {"a": {"mae": False}})
+        ('val_normalized_error', [2.0, 1.0], False)
+    """
+    if stl is not None:
+        return "val_delta_p", [delta_p(r["val"]["metrics"], stl["val"], hib) for r in history], True
+    if all(v is not None for r in history for v in r["val"]["normalized"].values()):
+        return "val_normalized_error", [sum(r["val"]["normalized"].values()) / len(hib) for r in history], False
+    first = history[0]["val"]["metrics"]
+    return "val_delta_p_vs_first_epoch", [delta_p(r["val"]["metrics"], first, hib) for r in history], True
+
+
+def best_index(scores: Sequence[float], higher: bool) -> int:
+    """The first epoch with the best score (NaN scores are never best).
+
+    Example:
+        >>> best_index([1.0, 3.0, 3.0, float("nan")], True), best_index([2.0, 1.0], False)
+        (1, 1)
+    """
+    sign = 1.0 if higher else -1.0
+    keyed = [sign * x if x == x else -math.inf for x in scores]
+    return max(range(len(scores)), key=lambda i: keyed[i])
 
 
 def select(
@@ -82,18 +117,8 @@ def select(
             epochs[t], val[t], test[t] = best["epoch"], best["val"]["metrics"][t], best["test"]["metrics"][t]
         out: dict[str, Any] = {"criterion": "per_task_val", "epochs": epochs, "val": val, "test": test}
     else:
-        if stl is not None:
-            scores = [delta_p(r["val"]["metrics"], stl["val"], hib) for r in history]
-            k = max(range(len(history)), key=lambda i: scores[i])
-            criterion = "val_delta_p"
-        elif all(v is not None for r in history for v in r["val"]["normalized"].values()):
-            scores = [sum(r["val"]["normalized"].values()) / len(hib) for r in history]
-            k = min(range(len(history)), key=lambda i: scores[i])
-            criterion = "val_normalized_error"
-        else:
-            scores = [delta_p(r["val"]["metrics"], history[0]["val"]["metrics"], hib) for r in history]
-            k = max(range(len(history)), key=lambda i: scores[i])
-            criterion = "val_delta_p_vs_first_epoch"
+        criterion, scores, higher = epoch_scores(history, hib, stl)
+        k = best_index(scores, higher)
         best = history[k]
         out = {"criterion": criterion, "epoch": best["epoch"], "score": scores[k],
                "val": best["val"]["metrics"], "test": best["test"]["metrics"]}  # fmt: skip

@@ -1,0 +1,76 @@
+"""``fmtl list``: the benchmarks with their default settings, and the methods with their kind and hyperparameters.
+
+A method's *kind* is read from the balancer it builds: ``loss`` methods set ``loss_weights`` (one
+backward pass of Σ_t w_t ℓ_t per step), ``gradient`` methods take the T task gradients; ``stl`` is
+the single-task baseline (one vectorized ensemble). Its hyperparameters are the factory's keyword
+arguments with their defaults (:func:`fmtl.balancers.defaults`), what ``--opt key=value`` sets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import balancers
+from .problems import names as benchmark_names
+from .problems import resolve
+
+__all__ = ["kind", "methods", "benchmarks", "listing"]
+
+
+def kind(method: str) -> str:
+    """``"loss"``, ``"gradient"`` or ``"stl"``.
+
+    Example:
+        >>> kind("ew"), kind("dbmtl"), kind("stl")
+        ('loss', 'gradient', 'stl')
+    """
+    if method == "stl":
+        return "stl"
+    return "loss" if balancers.get(method).loss_weights is not None else "gradient"
+
+
+def methods() -> dict[str, dict[str, Any]]:
+    """``{method: {"kind": ..., "hyperparameters": {name: default}}}`` for every registered method and ``stl``.
+
+    Example:
+        >>> methods()["dbmtl"]["hyperparameters"]["beta"], methods()["stl"]
+        (0.9, {'kind': 'stl', 'hyperparameters': {}})
+    """
+    out = {m: {"kind": kind(m), "hyperparameters": balancers.defaults(m)} for m in balancers.names()}
+    return {**out, "stl": {"kind": "stl", "hyperparameters": {}}}
+
+
+def benchmarks() -> dict[str, dict[str, Any]]:
+    """``{benchmark: its resolved default settings}`` (epochs, batch size, lr, data and model options …).
+
+    Example:
+        >>> benchmarks()["synthetic"]["epochs"]
+        5
+    """
+    from .config import DEFAULTS
+
+    keys = ("epochs", "batch_size", "lr", "eval_batch_size", "log_every", "data", "model")
+    return {b: {k: v for k, v in resolve({**DEFAULTS, "benchmark": b}).items() if k in keys}
+            for b in benchmark_names()}  # fmt: skip
+
+
+def _value(v: Any) -> str:
+    return str(v).lower() if isinstance(v, bool) else repr(v) if isinstance(v, str) else str(v)
+
+
+def listing() -> str:
+    """The text ``fmtl list`` prints.
+
+    Example:
+        >>> text = listing()
+        >>> "dbmtl (gradient): beta=0.9" in text and "ew (loss)" in text
+        True
+    """
+    lines = ["benchmarks (default settings; --problem FILE.py:NAME for your own):"]
+    for b, s in benchmarks().items():
+        lines.append(f"  {b}: " + ", ".join(f"{k}={_value(v)}" for k, v in s.items()))
+    lines.append("methods (kind: hyperparameters with defaults, set with --opt key=value):")
+    for m, d in methods().items():
+        hp = ", ".join(f"{k}={_value(v)}" for k, v in d["hyperparameters"].items()) or "no hyperparameters"
+        lines.append(f"  {m} ({d['kind']}): {hp}")
+    return "\n".join(lines)
