@@ -215,8 +215,7 @@ def test_list_shows_each_method_kind_and_hyperparameters(tmp_path):
     text = run_fmtl("list", cwd=tmp_path).stdout
     lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("  ")}
     for m in fmtl.balancers.names():
-        kind = "loss" if fmtl.balancers.get(m).loss_weights is not None else "gradient"
-        assert lines[m].startswith(f"  {m} ({kind}):"), lines[m]
+        assert lines[m].startswith(f"  {m} ({fmtl.balancers.get(m).kind}):"), lines[m]
         for k in fmtl.balancers.defaults(m):
             assert f"{k}=" in lines[m], (m, k)
     assert "beta=0.9" in lines["dbmtl"] and "synthetic:" in lines and "epochs=5" in lines["synthetic:"]

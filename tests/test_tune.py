@@ -64,24 +64,28 @@ def test_tune_selects_on_validation_reuses_runs_and_writes_a_reusable_config(tmp
     table = _csv(out / "tune.csv")
     assert list(table) == ["beta0.1", "beta0.5"] and [r["seeds"] for r in table.values()] == ["2", "2"]
     assert sum(r["selected"] == "true" for r in table.values()) == 1
+    stl_dirs = {}
     for label in table:  # one STL run per seed, shared by every grid point
         for s in (0, 1):
             res = results(out / label / f"seed{s}")
-            assert res["stl_dir"] == str(out / "stl" / f"seed{s}") and res["config"]["opts"]["beta"] == float(label[4:])
+            assert stl_dirs.setdefault(s, res["stl_dir"]) == res["stl_dir"] and f"stl-seed{s}-" in res["stl_dir"]
+            assert res["config"]["opts"]["beta"] == float(label[4:])
         # the table's validation mean is the runs' validation Δp (at the epoch each selected on validation)
         vals = [results(out / label / f"seed{s}")["selected"]["score"] for s in (0, 1)]
         assert float(table[label]["val_delta_p_mean"]) == pytest.approx(sum(vals) / 2)
+    assert len(set(stl_dirs.values())) == 2
 
     # validation and test disagree: beta=0.1 wins on validation, beta=0.5 on test by far
     for s in (0, 1):
         _doctor(out / "beta0.1" / f"seed{s}", val=10.0 + s, test=-50.0)
         _doctor(out / "beta0.5" / f"seed{s}", val=-10.0, test=50.0 + s)
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")}
+    checkpoints = [*out.rglob("checkpoint.pt"), *(Path(d) / "checkpoint.pt" for d in stl_dirs.values())]
+    before = {p: p.stat().st_mtime_ns for p in checkpoints}
     assert len(before) == 2 * 2 + 2
     proc = _fmtl("tune", *FAST, *grid, cwd=tmp_path)  # the console script; every run is reused
     assert proc.returncode == 0, proc.stderr
     printed = proc.stdout
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")} == before  # nothing retrained
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing retrained
     table = _csv(out / "tune.csv")
     assert table["beta0.1"]["selected"] == "true" and table["beta0.5"]["selected"] == "false"
     assert float(table["beta0.1"]["val_delta_p_mean"]) == 10.5
@@ -150,9 +154,8 @@ def test_the_paper_beta_grid_is_section_4_1s_and_shares_its_runs_with_fig5():
 
 
 def test_a_tuned_point_is_the_run_fig5_would_train(tmp_path, no_run_plots):
-    from fmtl.train.compare import REFERENCE
     from fmtl.train.fit import configure
-    from fmtl.train.runs import prepare
+    from fmtl.train.runs import default_stl_dir, prepare
 
     out = tmp_path / "shared"
     assert main(["tune", *FAST, "--grid", "beta=0.1", "--grid", "beta_sigma=0.0", "--out", str(out)]) == 0
@@ -160,7 +163,7 @@ def test_a_tuned_point_is_the_run_fig5_would_train(tmp_path, no_run_plots):
     row = {r.label: r for r in presets.variants("fig5")}["beta0.1-beta_sigma0.0"]
     run = configure(None, {**base, "seed": 0, "method": row.method, "opts": row.opts}, {})
     assert prepare(out / row.label / "seed0", run) == "finished"  # compare --preset fig5 --out shared reuses it
-    assert (out / REFERENCE / "seed0" / "results.json").exists()
+    assert (default_stl_dir(out, {**base, "seed": 0}) / "results.json").exists()  # and its STL run
 
 
 def test_every_preset_row_builds_its_balancer():

@@ -18,15 +18,15 @@ __all__ = ["kind", "methods", "benchmarks", "listing"]
 
 
 def kind(method: str) -> str:
-    """``"loss"``, ``"gradient"`` or ``"stl"``.
+    """What a method's weights come from: ``"loss"``, ``"gramian"``, ``"jacobian"`` or ``"stl"``.
+
+    The balancers' kinds are :func:`fmtl.balancers.kind`'s.
 
     Example:
-        >>> kind("ew"), kind("dbmtl"), kind("stl")
-        ('loss', 'gradient', 'stl')
+        >>> kind("ew"), kind("mgda"), kind("dbmtl"), kind("stl")
+        ('loss', 'gramian', 'jacobian', 'stl')
     """
-    if method == "stl":
-        return "stl"
-    return "loss" if balancers.get(method).loss_weights is not None else "gradient"
+    return "stl" if method == "stl" else balancers.kind(method)
 
 
 def methods() -> dict[str, dict[str, Any]]:
