@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ._gradient import gramian_balancer
 from ._loss import loss_balancer
-from ._registry import get, names, register
+from ._registry import factory, get, names, register
 from .dbmtl import DBMTLState, dbmtl
 
-__all__ = ["get", "names", "register", "dbmtl", "DBMTLState", "gramian_balancer", "loss_balancer"]
+__all__ = ["get", "names", "register", "factory", "dbmtl", "DBMTLState", "gramian_balancer", "loss_balancer"]

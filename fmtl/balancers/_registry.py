@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from ..base import Balancer
 
-__all__ = ["register", "names", "get"]
+__all__ = ["register", "names", "get", "factory"]
 
 # name -> module under fmtl.balancers that defines the factory of that name (one module per
 # method, named after it): loss balancing, then gradient balancing, then hybrid, then DB-MTL.
@@ -45,6 +45,18 @@ def _factory(name: str) -> Callable[..., Balancer]:
         module = importlib.import_module(f"fmtl.balancers.{_MODULES[name]}")
         _FACTORIES[name] = getattr(module, name)
     return _FACTORIES[name]
+
+
+def factory(name: str) -> Callable[..., Balancer]:
+    """The factory registered as ``name`` (its parameters are the method's hyperparameters).
+
+    Example:
+        >>> factory("dbmtl").__name__
+        'dbmtl'
+    """
+    if name not in _MODULES:
+        raise ValueError(f"unknown balancer {name!r}; choose one of {names()}")
+    return _factory(name)
 
 
 def get(name: str, **hyperparameters) -> Balancer:

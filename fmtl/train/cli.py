@@ -23,6 +23,7 @@ from typing import Any
 
 from ..amp import DTYPES
 from ..optim import names as optim_names
+from . import validate
 from .config import DEFAULTS, load_toml, merge, parse_pairs
 
 __all__ = ["main", "build_parser", "config_from_args"]
@@ -167,15 +168,15 @@ def _train(args: argparse.Namespace) -> int:
     from .runs import default_out, read_config
 
     start = time.perf_counter()
+    validate.command(args)
     device = resolve(args.device)
     if args.resume:
         out = Path(args.resume)
-        cfg = read_config(out)
-        if args.epochs is not None:
-            cfg["epochs"] = args.epochs
+        cfg = validate.resumed(read_config(out), args.config and load_toml(args.config), _flag_layer(args), out)
     else:
         cfg = config_from_args(args)
         out = Path(args.out) if args.out else default_out(cfg)
+        validate.out_dir(out)
     check(cfg)
     _set_threads(args, cfg)
     results = fit(None, out, config=cfg, resume=bool(args.resume), overwrite=args.overwrite and not args.resume,
@@ -194,6 +195,7 @@ def _compare(args: argparse.Namespace) -> int:
     from .fit import check
     from .problems import label
 
+    validate.command(args)
     cfg = config_from_args(args)
     device = resolve(args.device)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -53,7 +53,7 @@ DEFAULTS: dict[str, Any] = {
 #: The sub-tables: method hyperparameters, dataset options, model options.
 TABLES = ("opts", "data", "model")
 #: Top-level keys a ``config.toml`` may hold for the record only (not settings; not compared).
-RECORDS = ("fmtl_version", "environment")
+RECORDS = ("fmtl_version", "environment", "reference")
 #: Settings a run may change and still be the same run (``--resume DIR --epochs N`` trains longer).
 RESUMABLE = ("epochs",)
 
