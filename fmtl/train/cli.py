@@ -249,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointError as e:
         print(f"fmtl: error: {e}", file=sys.stderr)
         return EXIT_CHECKPOINT
-    except (RunDirError, ValueError, ModuleNotFoundError, FileNotFoundError, NotImplementedError) as e:
+    except (RunDirError, ValueError, ModuleNotFoundError, OSError, NotImplementedError) as e:
         print(f"fmtl: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

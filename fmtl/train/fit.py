@@ -242,12 +242,13 @@ def train(
         params, state, progress, resumed = restore(out, dict(cfg), run.params, run.state, len(run.problem.tasks),
                                                    world.device, resume)  # fmt: skip
         steps = build_steps(run, cfg, strategy_of(run, cfg, params, progress.extra, world), world)
-        truncate = (progress.extra["metrics_bytes"] if resumed else 0) if resume else None
+        # a run not resumed from a checkpoint starts metrics.jsonl afresh (a killed start may have left one)
+        truncate = progress.extra["metrics_bytes"] if resumed else 0
         reference = stl_reference if cfg["method"] != "stl" else None
+        if world.main:  # first: a directory with any other file of the run then always says which run it is
+            record = runs.reference_record(stl_dir) if cfg["method"] != "stl" else {}
+            atomic.write(out / runs.CONFIG, dumps({**cfg, **record}))
         with Log(out, world.main, tensorboard, truncate) as log:
-            if world.main:
-                record = runs.reference_record(stl_dir) if cfg["method"] != "stl" else {}
-                atomic.write(out / runs.CONFIG, dumps({**cfg, **record}))
             save = Saver(out, dict(cfg), progress, log, world.main, world.device)
 
             def evaluate(p: Any, s: Any, epoch: int) -> dict[str, Any]:

@@ -110,8 +110,11 @@ def lock(out: str | Path) -> Iterator[Path]:
         fmtl.train.runs.RunDirError: ... is being written by another fmtl process (PID ...); ...
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise RunDirError(f"cannot create the run directory {out}: {e.strerror}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -208,6 +211,8 @@ def prepare(out: str | Path, cfg: Mapping[str, Any], *, resume: bool = False, ov
         remove_stale_temps(out)  # left by a killed run (safe while one process writes a directory)
     if not (out / CONFIG).exists():
         leftovers = [n for n in (CHECKPOINT, METRICS, RESULTS) if (out / n).exists()]
+        if leftovers == [METRICS]:  # a killed start (config.toml is written first now; earlier fmtl wrote it second)
+            return "new"
         if leftovers:
             raise RunDirError(f"{out} holds {leftovers} but no {CONFIG}: not a run fmtl can identify; "
                               "use --overwrite or another --out")  # fmt: skip

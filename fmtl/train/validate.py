@@ -239,19 +239,19 @@ def out_dir(path: str | os.PathLike[str], flag: str = "--out") -> None:
         Traceback (most recent call last):
         ...
         ValueError: --out .../f/run: .../f is a file, not a directory
+        >>> out_dir(f)
+        Traceback (most recent call last):
+        ...
+        ValueError: --out .../f: it is a file, not a directory
     """
     p = Path(path)
     if str(path) == "" or "\0" in str(path):
         raise ValueError(f"{flag} {path!r}: not a usable path")
-    if p.exists() and not p.is_dir():
-        raise ValueError(f"{flag} {p}: it is a file, not a directory")
     ancestor = p.absolute()
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ValueError(f"{flag} {p}: {ancestor} is a file, not a directory")
-    name_max = os.pathconf(ancestor, "PC_NAME_MAX")
-    path_max = os.pathconf(ancestor, "PC_PATH_MAX")
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent  # lexists: never "file name too long", unlike Path.exists
+    name_max = os.pathconf(ancestor if ancestor.is_dir() else ancestor.parent, "PC_NAME_MAX")
+    path_max = os.pathconf(ancestor if ancestor.is_dir() else ancestor.parent, "PC_PATH_MAX")
     long = [part for part in p.absolute().parts if len(os.fsencode(part)) > name_max]
     if long:
         raise ValueError(f"{flag} {p}: the name {_shown(long[0])} is longer than the file system's "
@@ -259,6 +259,9 @@ def out_dir(path: str | os.PathLike[str], flag: str = "--out") -> None:
     # the longest file a run writes inside it (the checkpoint's temporary file)
     if len(os.fsencode(str(p.absolute()))) + 40 > path_max:
         raise ValueError(f"{flag} {p}: the path is longer than the file system's {path_max} bytes")
+    if not ancestor.is_dir():
+        what = "it" if ancestor == p.absolute() else str(ancestor)
+        raise ValueError(f"{flag} {p}: {what} is a file, not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise ValueError(f"{flag} {p}: {ancestor} is not writable")
 
