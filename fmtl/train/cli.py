@@ -70,7 +70,7 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fmtl`` command."""
-    p = argparse.ArgumentParser(prog="fmtl", description="Functional multi-task learning: train and compare "
+    p = validate.Parser(prog="fmtl", description="Functional multi-task learning: train and compare "
                                 "MTL methods (DB-MTL and baselines) against single-task learning.")  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train one method (Δp against STL, which is trained first if needed)")

@@ -17,9 +17,11 @@ it is created (not a file, writable, names the file system can hold).
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import math
 import os
+import sys
 import typing
 from collections.abc import Callable, Mapping
 from functools import lru_cache
@@ -29,8 +31,8 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import ConfigDict, Field, TypeAdapter
 
-__all__ = ["SETTINGS", "Positive", "NonNegative", "PositiveFloat", "NonNegativeFloat", "FiniteFloat", "check_value",
-           "layer", "settings", "opts", "tables", "out_dir", "command", "resumed"]  # fmt: skip
+__all__ = ["Parser", "SETTINGS", "Positive", "NonNegative", "PositiveFloat", "NonNegativeFloat", "FiniteFloat",
+           "check_value", "layer", "settings", "opts", "tables", "out_dir", "command", "resumed"]  # fmt: skip
 
 #: An integer >= 1 (sizes, counts), an integer >= 0, a finite float > 0, >= 0, any finite float.
 Positive = Annotated[int, Field(ge=1)]
@@ -59,6 +61,24 @@ SETTINGS: dict[str, Any] = {
     "log_every": Positive,
     "checkpoint_every": NonNegative,
 }
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line, ``fmtl: error: ...``, and exit 2 (no usage dump).
+
+    Example:
+        >>> p = Parser(prog="fmtl")
+        >>> _ = p.add_argument("--epochs", type=int)
+        >>> p.parse_args(["--epochs", "two"])
+        Traceback (most recent call last):
+        ...
+        SystemExit: 2
+    """
+
+    def error(self, message: str) -> typing.NoReturn:
+        """Prints ``fmtl: error: MESSAGE`` and exits 2."""
+        print(f"fmtl: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
 
 _STRICT = ConfigDict(strict=True, arbitrary_types_allowed=True)
 
