@@ -22,6 +22,7 @@ from fmtl.checksum import checksum
 from fmtl.train import checkpoint, train
 from fmtl.train.checkpoint import CheckpointError
 from fmtl.train.cli import main
+from fmtl.train.runs import LOCK
 
 POSITION = {"epoch": 0, "batch": 0, "step": 0}
 
@@ -210,7 +211,8 @@ def unfinished_run(tmp_path_factory) -> Path:
 
 
 def _snapshot(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    # the lock file holds the PID of the last process that held the directory, not run data
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name != LOCK}
 
 
 def _resume_refused(out: Path, capsys, message: str) -> None:
@@ -310,10 +312,10 @@ def test_resume_refuses_a_corrupt_checkpoint_and_overwrites_nothing(tmp_path, ca
     assert main(["train", *TINY, "--method", "ew", "--stl", "none", "--out", str(out)]) == 0
     (out / "results.json").unlink()  # make it look unfinished
     (out / "checkpoint.pt").write_bytes(b"\x00" * 100)
-    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != LOCK}
     assert main(["train", "--resume", str(out), "--stl", "none", "--quiet"]) == 4
     assert "not a readable checkpoint" in capsys.readouterr().err
-    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != LOCK} == before
 
 
 def _cli(*args: str) -> list[str]:

@@ -335,31 +335,82 @@ def _numbers(tree, prefix: str = "") -> dict[str, float]:
     return {prefix: float(tree)} if isinstance(tree, int | float) and not isinstance(tree, bool) and not timing else {}
 
 
-def test_torchrun_train_equals_one_process(tmp_path):
-    """``torchrun --nproc_per_node=2 -m fmtl train`` (1 epoch, synthetic) writes the results.json of one process."""
+def _torchrun(args: list[str], env: dict, **kwargs):
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+         "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "fmtl", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs,
+    )  # fmt: skip
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILLs ``pid`` and every process below it (torchrun starts its ranks in their own sessions)."""
+    import signal
+
+    parents = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parents[int(d.name)] = int((d / "stat").read_text().rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    tree, todo = [pid], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parents.items() if pp == p]
+        tree += kids
+        todo += kids
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_torchrun_train_equals_one_process_and_resumes_bitwise_after_a_kill(tmp_path):
+    """The README's ``torchrun --nproc_per_node=2 -m fmtl train`` from a clean directory (the STL baseline
+    trained inside the same job, then Δp) writes the results.json of one process; a SIGKILL of the whole
+    job mid-epoch, then ``torchrun ... --resume DIR``, ends bitwise equal to the uninterrupted job."""
     import json
     import subprocess
     import sys
 
+    from _train_helpers import assert_bitwise_equal, final_params
+
     reason = _train_cli_missing()
     if reason:
         pytest.skip(reason)
-    # global batch 16 divides the 256 training rows, so each rank's shard of every batch has 8 rows
+    # global batch 16 divides the training rows, so each rank's shard of every batch has 8 rows
     args = ["train", "--benchmark", "synthetic", "--method", "dbmtl", "--epochs", "1", "--batch-size", "16",
-            "--seed", "0", "--data", "n=256", "--data", "n_eval=64", "--stl", "none", "--quiet"]
+            "--seed", "0", "--data", "n=1024", "--data", "n_eval=64", "--checkpoint-every", "4", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", distributed.DEBUG_ENV: "1"}
-    one = subprocess.run([sys.executable, "-m", "fmtl", *args, "--out", str(tmp_path / "one")],
+    one = subprocess.run([sys.executable, "-m", "fmtl", *args, "--out", str(tmp_path / "a" / "one")],
                          capture_output=True, text=True, timeout=300, env=env)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-         "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "fmtl", *args,
-         "--out", str(tmp_path / "two")],
-        capture_output=True, text=True, timeout=300, env=env,
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
-    a = _numbers(json.loads((tmp_path / "one" / "results.json").read_text()))
-    b = _numbers(json.loads((tmp_path / "two" / "results.json").read_text()))
-    assert a and a.keys() == b.keys()
+    two = _torchrun([*args, "--out", str(tmp_path / "b" / "two")], env)
+    _, err = two.communicate(timeout=300)
+    assert two.returncode == 0, err[-3000:]
+    stl_dirs = [p for p in (tmp_path / "b").iterdir() if p.name.startswith("synthetic-stl-")]
+    assert len(stl_dirs) == 1 and (stl_dirs[0] / "results.json").is_file()  # trained once, by the job
+    a = _numbers(json.loads((tmp_path / "a" / "one" / "results.json").read_text()))
+    b = _numbers(json.loads((tmp_path / "b" / "two" / "results.json").read_text()))
+    assert a and a.keys() == b.keys() and "delta_p" in ".".join(a)
     for key in a:
         assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+
+    killed = tmp_path / "b" / "killed"
+    job = _torchrun([*args, "--out", str(killed)], env)
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoint.pt").exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    _kill_tree(job.pid)  # the agent and both ranks at once
+    job.communicate(timeout=60)
+    assert not (killed / "results.json").exists(), "the job finished before it was killed"
+    resumed = _torchrun(["train", "--resume", str(killed), "--quiet"], env)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    assert_bitwise_equal(final_params(tmp_path / "b" / "two"), final_params(killed))
+    assert _numbers(json.loads((killed / "results.json").read_text())) == b

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from ._gradient import gramian_balancer
 from ._loss import loss_balancer
-from ._registry import defaults, get, hyperparameters, kind, names, register
+from ._registry import defaults, factory, get, hyperparameters, kind, names, register
 from .aligned_mtl import aligned_mtl
 from .cagrad import cagrad
 from .config import config
@@ -60,7 +60,7 @@ for _factory in _BUILTINS:
 del _factory
 
 __all__ = [
-    "get", "names", "register", "defaults", "kind", "hyperparameters",
+    "get", "names", "register", "factory", "defaults", "kind", "hyperparameters",
     "gramian_balancer", "loss_balancer", "DBMTLState",
     *(f.__name__ for f in _BUILTINS),
 ]  # fmt: skip

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..base import Balancer
 
-__all__ = ["register", "names", "get", "defaults", "kind", "hyperparameters"]
+__all__ = ["register", "names", "get", "factory", "defaults", "kind", "hyperparameters"]
 
 # name -> factory, in registration order (fmtl's methods first: loss, gradient, hybrid, DB-MTL)
 _FACTORIES: dict[str, Callable[..., Balancer]] = {}
@@ -67,6 +67,16 @@ def _factory(name: str) -> Callable[..., Balancer]:
     if name not in _FACTORIES:
         raise ValueError(f"unknown balancer {name!r}; choose one of {names()}")
     return _FACTORIES[name]
+
+
+def factory(name: str) -> Callable[..., Balancer]:
+    """The factory registered as ``name`` (its parameters are the method's hyperparameters).
+
+    Example:
+        >>> factory("dbmtl").__name__
+        'dbmtl'
+    """
+    return _factory(name)
 
 
 def _parameters(factory: Callable[..., Balancer]) -> dict[str, inspect.Parameter] | None:

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..amp import DTYPES
 from ..optim import names as optim_names
+from . import validate
 from .config import DEFAULTS, default_text, for_method, load_toml, merge, parse_pairs
 from .fit import SCHEDULERS
 
@@ -95,7 +96,7 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fmtl`` command."""
-    p = argparse.ArgumentParser(prog="fmtl", description="Functional multi-task learning: train and compare "
+    p = validate.Parser(prog="fmtl", description="Functional multi-task learning: train and compare "
                                 "MTL methods (DB-MTL and baselines) against single-task learning.")  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train one method (Δp against STL, which is trained first if needed)")
@@ -214,15 +215,15 @@ def _train(args: argparse.Namespace) -> int:
     from .runs import default_out, read_config
 
     start = time.perf_counter()
+    validate.command(args)
     device = resolve(args.device)
     if args.resume:
         out = Path(args.resume)
-        cfg = read_config(out)
-        if args.epochs is not None:
-            cfg["epochs"] = args.epochs
+        cfg = validate.resumed(read_config(out), args.config and load_toml(args.config), _flag_layer(args), out)
     else:
         cfg = for_method(config_from_args(args))  # a shared file's [opts.METHOD] tables (as fmtl tune writes)
         out = Path(args.out) if args.out else default_out(cfg)
+        validate.out_dir(out)
     check(cfg)
     _set_threads(args, cfg)
     results = fit(None, out, config=cfg, resume=bool(args.resume), overwrite=args.overwrite and not args.resume,
@@ -242,6 +243,7 @@ def _compare(args: argparse.Namespace) -> int:
     from .fit import check
     from .problems import label
 
+    validate.command(args)
     cfg = config_from_args(args)
     device = resolve(args.device)
     methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
@@ -336,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointError as e:
         print(f"fmtl: error: {e}", file=sys.stderr)
         return EXIT_CHECKPOINT
-    except (RunDirError, ValueError, ModuleNotFoundError, FileNotFoundError, NotImplementedError) as e:
+    except (RunDirError, ValueError, ModuleNotFoundError, OSError, NotImplementedError) as e:
         print(f"fmtl: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

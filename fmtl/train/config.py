@@ -57,8 +57,9 @@ DEFAULTS: dict[str, Any] = {
 #: The sub-tables: method hyperparameters, dataset options, model options, scheduler options.
 TABLES = ("opts", "data", "model", "schedule")
 #: Top-level keys a ``config.toml`` may hold for the record only (not settings; not compared): the
-#: environment a run ran in, and the resolved hyperparameters of its method, optimizer and scheduler.
-RECORDS = ("fmtl_version", "environment", "resolved")
+#: environment a run ran in, the resolved hyperparameters of its method, optimizer and scheduler, and
+#: the STL reference it was started with (``--stl``, kept for resume).
+RECORDS = ("fmtl_version", "environment", "resolved", "reference")
 #: What ``fmtl train --help`` says of a setting whose default is ``None`` (not the benchmark's).
 UNSET_TEXT = {"clip_norm": "no clipping", "patience": "no early stopping", "chunk_size": "no chunking"}
 #: Settings a run may change and still be the same run (``--resume DIR --epochs N`` trains longer).

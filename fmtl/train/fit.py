@@ -20,6 +20,7 @@ of your own:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Mapping
@@ -33,7 +34,7 @@ from ..amp import DTYPES
 from ..optim import names as optimizers
 from ..schedules import SCHEDULES
 from . import device as devices
-from . import problems, runs
+from . import problems, runs, validate
 from . import world as worlds
 from .assemble import assemble, build_optimizer, build_steps, hyperparameters, steps_per_epoch, strategy_of
 from .config import DEFAULTS, TABLES, dumps, merge
@@ -57,10 +58,10 @@ def check(cfg: Mapping[str, Any], problem: Problem | None = None) -> None:
     """Raises ``ValueError`` naming the first setting of a resolved configuration that cannot run.
 
     Checked before any data is loaded: the problem (a problem file is imported, so that what
-    its top level registers counts), the method and its hyperparameters (the balancer is built
-    once), the optimizer, the scheduler and its options, ``clip_norm``, ``patience``, ``amp`` and
-    ``accumulate``. With a ``problem`` object its name need not
-    be registered.
+    its top level registers counts), the method and its hyperparameters (their types, then the
+    balancer is built once), the optimizer, the scheduler and its options, ``clip_norm``,
+    ``patience``, ``amp``, every other setting's type and range and the ``data``/``model`` options
+    (:mod:`fmtl.train.validate`). With a ``problem`` object its name need not be registered.
 
     Example:
         >>> check(configure(None, None, {"benchmark": "synthetic", "method": "nope"}))
@@ -82,13 +83,17 @@ def check(cfg: Mapping[str, Any], problem: Problem | None = None) -> None:
         valid = sorted(balancers.names()) + ["stl"]
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(valid)}")
     else:
-        balancers.get(method, **opts)  # unknown hyperparameters fail here, before any data is loaded
+        validate.opts(method, opts, balancers.factory(method))
+        try:
+            balancers.get(method, **opts)  # the factory's own range checks, before any data is loaded
+        except (TypeError, ValueError, ArithmeticError) as e:
+            raise ValueError(f"--opt for method {method!r}: {e}") from None
     if cfg["optimizer"] not in optimizers():
         raise ValueError(f"unknown optimizer {cfg['optimizer']!r}; valid: {', '.join(optimizers())}")
     if cfg["amp"] not in DTYPES:
         raise ValueError(f"amp must be one of {list(DTYPES)}; got {cfg['amp']!r}")
-    if int(cfg["accumulate"]) < 1:
-        raise ValueError(f"accumulate must be >= 1; got {cfg['accumulate']}")
+    validate.settings(cfg)
+    validate.tables(cfg)
     if cfg["scheduler"] not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {cfg['scheduler']!r}; valid: {', '.join(SCHEDULERS)}")
     if cfg.get("clip_norm") is not None and not float(cfg["clip_norm"]) > 0:
@@ -116,6 +121,8 @@ def configure(problem: Problem | None, config: Mapping[str, Any] | None, setting
     unknown = sorted(set(settings) - set(DEFAULTS) - set(TABLES))
     if unknown:
         raise ValueError(f"unknown setting(s) {unknown}; valid: {sorted(DEFAULTS) + list(TABLES)}")
+    for layer in (config or {}, settings):
+        validate.layer(layer)
     cfg = merge(DEFAULTS, config or {}, settings)
     if problem is not None:
         cfg["benchmark"] = problem.name
@@ -171,24 +178,44 @@ def fit(
     cfg = configure(problem, config, settings)
     check(cfg, problem)
     out = Path(out) if out is not None else runs.default_out(cfg)
+    world = worlds.start(devices.resolve(device))
+    try:
+        with contextlib.ExitStack() as held:
+            todo, stl_todo, stl_dir, reference = world.decide(lambda: _plan(held, cfg, out, stl, resume, overwrite))
+            if todo == "finished":
+                return {**runs.read_results(out), "reused": True} if world.main else {"reused": True}
+            if problem is None:
+                with _rng_fork(torch.device("cpu")):
+                    problem = problems.build(cfg)
+            if stl_todo in ("new", "resume"):
+                if not quiet and world.main:
+                    print(f"fmtl: training the STL baseline first (all single-task models as one vectorized "
+                          f"ensemble) into {stl_dir}; later runs with the same settings reuse it",
+                          flush=True)  # fmt: skip
+                scfg = runs.normalize(runs.stl_config(cfg))
+                res = train(scfg, stl_dir, problem=problem, resume=stl_todo == "resume", quiet=quiet, device=device,
+                            world=world)  # fmt: skip
+                reference = stl_reference(res) if world.main else None  # only rank 0 evaluates
+            res = train(cfg, out, problem=problem, resume=todo == "resume", stl_reference=reference,
+                        stl_dir=None if stl_dir is None else str(stl_dir), quiet=quiet, tensorboard=tensorboard,
+                        plots=plots, device=device, world=world)  # fmt: skip
+    finally:
+        world.stop()
+    return {**res, "reused": False}
+
+
+def _plan(held: contextlib.ExitStack, cfg: Mapping[str, Any], out: Path, stl: Any, resume: bool,
+          overwrite: bool) -> tuple[str, str, Path | None, dict | None]:  # fmt: skip
+    """What to do (rank 0 only): lock ``out`` (and the default STL directory), then prepare both."""
+    held.enter_context(runs.lock(out))
+    stl = runs.stl_choice(out, None if stl is None else str(stl), resume)
     todo = runs.prepare(out, cfg, resume=resume, overwrite=overwrite)
     if todo == "finished":
-        return {**runs.read_results(out), "reused": True}
-    if problem is None:
-        with _rng_fork(torch.device("cpu")):
-            problem = problems.build(cfg)
-    reference, stl_dir, stl_todo = runs.find_stl(cfg, out, None if stl is None else str(stl))
-    if stl_todo in ("new", "resume"):
-        if not quiet:
-            print(f"fmtl: training the STL baseline first (all single-task models as one vectorized "
-                  f"ensemble) into {stl_dir}; later runs with the same settings reuse it", flush=True)  # fmt: skip
-        scfg = runs.normalize(runs.stl_config(cfg))
-        reference = stl_reference(train(scfg, stl_dir, problem=problem, resume=stl_todo == "resume",
-                                             quiet=quiet, device=device))  # fmt: skip
-    res = train(cfg, out, problem=problem, resume=todo == "resume", stl_reference=reference,
-                stl_dir=None if stl_dir is None else str(stl_dir), quiet=quiet, tensorboard=tensorboard, plots=plots,
-                device=device)  # fmt: skip
-    return {**res, "reused": False}
+        return todo, "none", None, None
+    if stl is None and cfg["method"] != "stl":
+        held.enter_context(runs.lock(runs.default_stl_dir(out, cfg)))
+    reference, stl_dir, stl_todo = runs.find_stl(cfg, out, stl)
+    return todo, stl_todo, stl_dir, reference
 
 
 def train(
@@ -203,6 +230,7 @@ def train(
     tensorboard: bool = False,
     plots: bool = True,
     device: str | torch.device | None = None,
+    world: worlds.World | None = None,
 ) -> dict[str, Any]:
     """Trains the run ``cfg`` into the prepared directory ``out``: assemble → restore → loop → finish.
 
@@ -214,9 +242,12 @@ def train(
         stl_reference: STL's ``{"val", "test"}`` metrics for Δp and model selection.
         stl_dir: where the reference came from (recorded in the results).
         quiet, tensorboard, plots, device: as for :func:`fit`.
+        world: the processes of the run, when the caller started them (:func:`fit` trains STL and then
+            the method in one process group); default: started here and stopped at the end.
     """
     out = Path(out)
-    world = worlds.start(devices.resolve(device))
+    own = world is None
+    world = worlds.start(devices.resolve(device)) if own else world
     if world.main:
         out.mkdir(parents=True, exist_ok=True)
     with _rng_fork(world.device):
@@ -226,15 +257,17 @@ def train(
         params, state, progress, resumed = restore(out, dict(cfg), run.params, run.state, len(run.problem.tasks),
                                                    world.device, resume)  # fmt: skip
         steps = build_steps(run, cfg, strategy_of(run, cfg, params, progress.extra, world), world)
-        truncate = (progress.extra["metrics_bytes"] if resumed else 0) if resume else None
+        # a run not resumed from a checkpoint starts metrics.jsonl afresh (a killed start may have left one)
+        truncate = progress.extra["metrics_bytes"] if resumed else 0
         reference = stl_reference if cfg["method"] != "stl" else None
         hp = hyperparameters(cfg, int(cfg["epochs"]) * steps_per_epoch(cfg, run.problem, world))
         env = environment(world.device)
         controls = EpochControls(cfg, run.problem.metrics, reference, progress.extra, world)
+        if world.main:  # first: a directory with any other file of the run then always says which run it is
+            record = runs.reference_record(stl_dir) if cfg["method"] != "stl" else {}
+            atomic.write(out / runs.CONFIG, dumps({**cfg, **record, "environment": env, "resolved": hp}))
         with Log(out, world.main, tensorboard, truncate, run.problem.tasks,
                  progress.position["step"] if resumed else None) as log:  # fmt: skip
-            if world.main:
-                atomic.write(out / runs.CONFIG, dumps({**cfg, "environment": env, "resolved": hp}))
             save = Saver(out, dict(cfg), progress, log, world.main, world.device)
             save_best = Saver(out, dict(cfg), progress, log, world.main, world.device, name=runs.BEST)
 
@@ -262,6 +295,7 @@ def train(
             log.hparams(cfg, res)
         if world.main:
             finish(out, res, plots)
-    world.stop()
+    if own:
+        world.stop()
     return res
 

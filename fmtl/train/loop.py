@@ -15,12 +15,14 @@
   (:mod:`fmtl.train.controls`); the epoch line shows the mean normalized training loss
   (each task's mean loss over the epoch divided by its epoch-1 value,
   :func:`fmtl.train.report.mean_normalized_loss`: a raw sum would be the largest-scale task's);
-* a non-finite loss or gradient stops the run with :class:`TrainingDiverged`, naming the tasks
-  and the step; the last checkpoint is left as it was.
+* a non-finite loss or gradient, a loss above :data:`LOSS_BOUND`, or non-finite validation
+  metrics at the end of an epoch stop the run with :class:`TrainingDiverged`, naming the tasks
+  and the step; the last checkpoint (of the last good epoch or step) is left as it was.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -36,11 +38,21 @@ from .report import mean_normalized_loss
 from .restore import Progress
 from .world import World, check_shards
 
-__all__ = ["TrainingDiverged", "loop", "train_batches"]
+__all__ = ["TrainingDiverged", "loop", "train_batches", "LOSS_BOUND"]
 
 
 class TrainingDiverged(RuntimeError):
     """A loss or gradient became non-finite; the last good checkpoint was left untouched."""
+
+
+#: A training loss above this (in absolute value) stops the run as diverged: no loss of a
+#: working run comes near it, and beyond it float32 gradients overflow soon after.
+LOSS_BOUND = 1e30
+
+
+def _nonfinite_metrics(metrics: Mapping[str, Mapping[str, float]]) -> list[str]:
+    return [f"{t}.{name}" for t, per in metrics.items() for name, v in per.items()
+            if v is None or not math.isfinite(float(v))]  # fmt: skip
 
 
 def _nonfinite_tasks(tasks: tuple[str, ...], losses: torch.Tensor) -> list[str]:
@@ -142,11 +154,14 @@ def loop(
             if cfg["compile"] and not bool(info["ok"]):
                 bad = _nonfinite_tasks(tasks, info["losses"]) or ["(the balanced update)"]
                 raise TrainingDiverged(f"{where}: non-finite loss or gradient in tasks {bad}")
+            losses = floats(info["losses"])
+            huge = [t for t, v in zip(tasks, losses, strict=True) if abs(v) > LOSS_BOUND]
+            if huge:
+                raise TrainingDiverged(f"{where}: the loss of tasks {huge} exceeds {LOSS_BOUND:g}")
             params, state = new_params, new_state
             world.check_replicated((params, state))  # FMTL_DISTRIBUTED_DEBUG=1
             position["batch"] += 1
             position["step"] += 1
-            losses = floats(info["losses"])
             extra["epoch_loss_sum"] = [a + b for a, b in zip(extra["epoch_loss_sum"], losses, strict=True)]
             extra["epoch_steps"] += 1
             n_window += len(rows) * world.size
@@ -167,6 +182,13 @@ def loop(
                 save(params, state)
         bar.close()
         rec = evaluate(params, state, epoch) if world.main else {"epoch": epoch}
+        bad = _nonfinite_metrics(rec.get("val", {}).get("metrics", {})) if world.main else []
+        if world.reduce is not None:  # every rank stops together
+            bad = bad if world.main else []
+            flag = world.reduce([torch.tensor([float(bool(bad))])])[0]
+            bad = bad or (["(on rank 0)"] if float(flag) > 0 else [])
+        if bad:
+            raise TrainingDiverged(f"the end of epoch {epoch + 1}: non-finite validation metrics {bad}")
         n = max(extra["epoch_steps"], 1)
         rec["train_loss"] = {t: s / n for t, s in zip(tasks, extra["epoch_loss_sum"], strict=True)}
         position.update(epoch=epoch + 1, batch=0)

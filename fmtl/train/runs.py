@@ -16,10 +16,13 @@ is trained first into a sibling directory named after a hash of its configuratio
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +33,13 @@ from .selection import stl_reference
 
 __all__ = ["RunDirError", "CHECKPOINT", "BEST", "METRICS", "RESULTS", "CONFIG", "OWNED", "normalize", "read_config",
            "read_results", "prepare", "STL_IGNORES", "stl_config", "default_stl_dir", "default_out", "find_stl",
-           "remove_stale_temps"]  # fmt: skip
+           "remove_stale_temps", "LOCK", "lock", "reference_record", "saved_stl", "stl_choice"]  # fmt: skip
 
 CHECKPOINT, METRICS, RESULTS, CONFIG = "checkpoint.pt", "metrics.jsonl", "results.json", "config.toml"
 #: The checkpoint of the selected (best validation) epoch.
 BEST = "best.pt"
+#: The lock file of a run directory (one writer at a time; it holds the writer's PID).
+LOCK = ".lock"
 #: What ``--overwrite`` deletes: fmtl's own files only.
 OWNED = (CONFIG, METRICS, RESULTS, CHECKPOINT, BEST, "plots", "tensorboard")
 
@@ -92,6 +97,96 @@ def remove_stale_temps(out: str | Path) -> list[str]:
     return removed
 
 
+@contextlib.contextmanager
+def lock(out: str | Path) -> Iterator[Path]:
+    """Holds the run directory ``out`` for this process (``fcntl.flock`` on ``out/.lock``; creates ``out``).
+
+    A second process (another ``fmtl train`` into the same ``--out``) gets a :class:`RunDirError`
+    naming the holder's PID. The lock goes with the process: a killed run leaves no stale lock.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> with lock(d):
+        ...     with lock(d):
+        ...         pass
+        Traceback (most recent call last):
+        ...
+        fmtl.train.runs.RunDirError: ... is being written by another fmtl process (PID ...); ...
+    """
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise RunDirError(f"cannot create the run directory {out}: {e.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise RunDirError(f"{out} is being written by another fmtl process (PID {holder}); wait for it "
+                              "to finish, or choose another --out") from None  # fmt: skip
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield out
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def reference_record(stl_dir: str | Path | None) -> dict[str, Any]:
+    """The record-only table of ``config.toml`` that remembers the run's STL reference (``"none"``: no Δp).
+
+    Example:
+        >>> reference_record(None)
+        {'reference': {'stl': 'none'}}
+    """
+    return {"reference": {"stl": "none" if stl_dir is None else str(Path(stl_dir).resolve())}}
+
+
+def saved_stl(out: str | Path) -> str | None:
+    """The STL reference a run in ``out`` was started with (``"none"`` or a directory), or ``None`` if unknown."""
+    path = Path(out) / CONFIG
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as f:
+            ref = tomllib.load(f).get("reference")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    return ref.get("stl") if isinstance(ref, dict) and isinstance(ref.get("stl"), str) else None
+
+
+def stl_choice(out: str | Path, stl: str | None, resume: bool) -> str | None:
+    """The ``--stl`` of a run: on resume the one it was started with, and a different one is refused.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = (d / CONFIG).write_text('method = "ew"\\n[reference]\\nstl = "none"\\n')
+        >>> stl_choice(d, None, resume=True)
+        'none'
+        >>> stl_choice(d, "runs/stl", resume=True)
+        Traceback (most recent call last):
+        ...
+        fmtl.train.runs.RunDirError: --stl runs/stl: the run in ... was started with --stl none; ...
+    """
+    saved = saved_stl(out) if resume else None
+    if saved is None:
+        return stl
+    if stl is None:
+        return saved
+    same = stl.lower() == saved == "none" or (saved != "none" and stl.lower() != "none"
+                                               and Path(stl).resolve() == Path(saved))  # fmt: skip
+    if not same:
+        raise RunDirError(f"--stl {stl}: the run in {out} was started with --stl {saved}; a resumed run keeps "
+                          "its STL reference (leave --stl out, or start over with --overwrite)")  # fmt: skip
+    return stl
+
+
 def _clean(out: Path) -> None:
     for name in OWNED:
         p = out / name
@@ -121,6 +216,8 @@ def prepare(out: str | Path, cfg: Mapping[str, Any], *, resume: bool = False, ov
         remove_stale_temps(out)  # left by a killed run (safe while one process writes a directory)
     if not (out / CONFIG).exists():
         leftovers = [n for n in (CHECKPOINT, METRICS, RESULTS) if (out / n).exists()]
+        if leftovers == [METRICS]:  # a killed start (config.toml is written first now; earlier fmtl wrote it second)
+            return "new"
         if leftovers:
             raise RunDirError(f"{out} holds {leftovers} but no {CONFIG}: not a run fmtl can identify; "
                               "use --overwrite or another --out")  # fmt: skip

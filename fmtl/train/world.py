@@ -47,6 +47,32 @@ class World(NamedTuple):
 
         return broadcast(tree)
 
+    def decide(self, plan: Callable[[], Any]) -> Any:
+        """``plan()`` run on rank 0 only (it may read and write files), its result (or error) on every rank.
+
+        Every rank then takes the same decisions (new run, resume, train STL first …) from one
+        look at the directories, however far the other ranks are.
+
+        Example:
+            >>> World(0, 1, None, torch.device("cpu")).decide(lambda: "new")
+            'new'
+        """
+        if self.size <= 1:
+            return plan()
+        import torch.distributed as dist
+
+        box: list[Any] = [None]
+        if self.main:
+            try:
+                box[0] = ("ok", plan())
+            except Exception as e:  # noqa: BLE001  (re-raised here and on every other rank)
+                box[0] = ("error", e)
+        dist.broadcast_object_list(box, src=0)
+        kind, value = box[0]
+        if kind == "error":
+            raise value
+        return value
+
     def check_replicated(self, tree: Any) -> None:
         """With ``FMTL_DISTRIBUTED_DEBUG=1``: raise if the ranks' params and state differ."""
         if self.size > 1:

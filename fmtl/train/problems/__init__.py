@@ -52,6 +52,9 @@ class Benchmark(NamedTuple):
         threads: ``threads(cfg) -> CPU threads`` a run uses unless ``--threads`` says otherwise
             (``None``: torch's default).
         archs: the MTL architectures ``--arch`` (``--model arch=...``) may name, the default first.
+        options: the accepted ``--data``/``--model`` options and their types,
+            ``{"data": {key: type}, "model": {key: type}}`` or a function of the data options returning
+            it (checked by :mod:`fmtl.train.validate`); ``None``: the keys and types of the defaults.
     """
 
     build: Callable[[Mapping[str, Any]], Problem]
@@ -60,6 +63,7 @@ class Benchmark(NamedTuple):
     model: Callable[[Mapping[str, Any]], dict[str, Any]]
     threads: Callable[[Mapping[str, Any]], int | None]
     archs: tuple[str, ...] = ("hps",)
+    options: Mapping[str, Mapping[str, Any]] | Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
 
 
 _REGISTRY: dict[str, Benchmark] = {}
@@ -74,6 +78,7 @@ def register(
     model: Mapping[str, Any] | Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
     threads: int | None | Callable[[Mapping[str, Any]], int | None] = None,
     archs: tuple[str, ...] = ("hps",),
+    options: Mapping[str, Mapping[str, Any]] | Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
     replace: bool = False,
 ) -> None:
     """Registers a problem under ``name`` (``fmtl train --benchmark NAME``); see :class:`Benchmark`.
@@ -97,7 +102,7 @@ def register(
     model_defaults = model if callable(model) else (lambda data, m=dict(model or {}): dict(m))
     thread_rule = threads if callable(threads) else (lambda cfg, n=threads: n)
     _REGISTRY[name] = Benchmark(build, {**GENERIC_SETTINGS, **(settings or {})}, dict(data or {}), model_defaults,
-                                thread_rule, tuple(archs))  # fmt: skip
+                                thread_rule, tuple(archs), options)  # fmt: skip
 
 
 def names() -> list[str]:

@@ -20,7 +20,7 @@ from ..evaluate import regression
 from ..problem import Problem
 from .synthetic import load_splits, mlp_problem
 
-__all__ = ["build", "threads", "model_defaults"]
+__all__ = ["build", "threads", "model_defaults", "options"]
 
 
 def build(cfg: Mapping[str, Any]) -> Problem:
@@ -63,10 +63,31 @@ def model_defaults(data: Mapping[str, Any]) -> dict[str, Any]:
     return {"hidden": [256, 256]} if data.get("representation") == "descriptor" else {"hidden": 64}
 
 
+def options(data: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The ``--data`` options (:func:`fmtl.data.load_qm9`'s) and the ``--model`` options of the MLP or the GNN.
+
+    Example:
+        >>> sorted(options({"representation": "graph"})["model"])
+        ['edge_hidden', 'hidden', 'set2set_steps', 'steps']
+    """
+    from typing import Literal
+
+    from ..validate import NonNegative, Positive, PositiveFloat
+
+    data_opts = {"representation": Literal["graph", "descriptor"], "subset": Positive | None,
+                 "source": Literal["qm9pack", "xyz", "pyg"], "edges": Literal["complete", "cutoff", "bonds"],
+                 "cutoff": PositiveFloat, "rbf": NonNegative, "cache": bool, "cache_dir": str | None,
+                 "root": str | None}  # fmt: skip
+    if data.get("representation", "graph") == "descriptor":
+        return {"data": data_opts, "model": {"hidden": list[Positive]}}
+    gnn = {"hidden": Positive, "steps": Positive, "set2set_steps": Positive, "edge_hidden": Positive}
+    return {"data": data_opts, "model": gnn}
+
+
 def _register() -> None:
     from . import register
 
-    register("qm9", build,
+    register("qm9", build, options=options,
              settings={"epochs": 10, "batch_size": 256, "lr": 1e-3, "eval_batch_size": 4096, "log_every": 10},
              data={"representation": "descriptor"},
              model=model_defaults,

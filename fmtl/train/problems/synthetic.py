@@ -14,7 +14,7 @@ from ...losses import mse
 from ..evaluate import regression
 from ..problem import SPLITS, Problem
 
-__all__ = ["build", "mlp_problem", "load_splits"]
+__all__ = ["build", "mlp_problem", "load_splits", "options"]
 
 
 def load_splits(name: str, data: Mapping[str, Any]) -> dict:
@@ -53,10 +53,20 @@ def build(cfg: Mapping[str, Any]) -> Problem:
     return mlp_problem("synthetic", cfg, splits, int(splits["train"][[0]]["x"].shape[-1]))
 
 
+def options(data: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The ``--data`` options (:func:`fmtl.data.load_synthetic`'s) and ``--model`` options, with their types."""
+    from ..validate import FiniteFloat, NonNegative, NonNegativeFloat, Positive, PositiveFloat
+
+    data_opts = {"num_tasks": Positive, "dim": Positive, "n": Positive, "n_eval": Positive, "rank": Positive,
+                 "conflict": FiniteFloat, "noise": NonNegativeFloat, "scales": list[PositiveFloat] | None,
+                 "seed": NonNegative}  # fmt: skip
+    return {"data": data_opts, "model": {"hidden": list[Positive]}}
+
+
 def _register() -> None:
     from . import register
 
-    register("synthetic", build,
+    register("synthetic", build, options=options,
              settings={"epochs": 5, "batch_size": 64, "lr": 1e-3, "eval_batch_size": 1024, "log_every": 1},
              data={"num_tasks": 4, "dim": 32, "n": 2048, "n_eval": 512}, model={"hidden": [64, 64]},
              threads=1)  # fmt: skip
