@@ -101,7 +101,7 @@ def test_an_unknown_data_option_is_named(tmp_path, capsys):
     root = _fabricated("nyuv2", tmp_path / "data")
     assert main(["train", "--benchmark", "nyuv2", "--data", f"root={root}", "--data", "cache=false", "--quiet",
                  "--out", str(tmp_path / "run")]) == 2  # fmt: skip
-    assert "nyuv2: unknown --data option(s) ['cache']; valid: " in capsys.readouterr().err
+    assert "benchmark 'nyuv2' has no option(s) ['cache']; valid: " in capsys.readouterr().err
 
 
 def test_the_dense_validation_split_is_held_out_of_train_and_test_is_the_val_directory(tmp_path):

@@ -117,13 +117,13 @@ def test_a_plateau_run_resumes_exactly(tmp_path, monkeypatch):
 
 def test_patience_stops_a_run_that_no_longer_improves(tmp_path):
     out = tmp_path / "run"
-    done = run_fmtl("train", *LOUD, "--epochs", "5", "--lr", "0", "--method", "ew",
+    done = run_fmtl("train", *LOUD, "--epochs", "5", "--lr", "1e-300", "--method", "ew",
                     "--stl", "none", "--patience", "1", "--out", str(out), cwd=tmp_path)  # fmt: skip
-    assert len(_epochs(out)) == 2  # epoch 2 is no better than epoch 1 (lr 0): stop after it
+    assert len(_epochs(out)) == 2  # epoch 2 is no better than epoch 1 (lr 1e-300 moves no parameter): stop after it
     res = _strict((out / "results.json").read_text())
     assert res["stopped_early"] is True and res["selected"]["epoch"] == 0
     assert "stopping early" in done.stderr
-    again = run_fmtl("train", *TINY, "--epochs", "5", "--lr", "0", "--method", "ew", "--stl", "none", "--patience",
+    again = run_fmtl("train", *TINY, "--epochs", "5", "--lr", "1e-300", "--method", "ew", "--stl", "none", "--patience",
                      "1", "--out", str(out), cwd=tmp_path)  # fmt: skip
     assert "reused finished run" in again.stdout
 

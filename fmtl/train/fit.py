@@ -96,11 +96,10 @@ def check(cfg: Mapping[str, Any], problem: Problem | None = None) -> None:
     validate.tables(cfg)
     if cfg["scheduler"] not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {cfg['scheduler']!r}; valid: {', '.join(SCHEDULERS)}")
-    if cfg.get("clip_norm") is not None and not float(cfg["clip_norm"]) > 0:
-        raise ValueError(f"clip_norm must be > 0; got {cfg['clip_norm']}")
-    if cfg.get("patience") is not None and int(cfg["patience"]) < 1:
-        raise ValueError(f"patience must be >= 1 epoch; got {cfg['patience']}")
-    build_optimizer(cfg, 1)  # unknown scheduler options fail here, before any data is loaded
+    try:
+        build_optimizer(cfg, 1)  # unknown or ill-typed scheduler options fail here, before any data is loaded
+    except (TypeError, ValueError, ArithmeticError) as e:
+        raise ValueError(f"--schedule: {e}") from None
 
 
 def configure(problem: Problem | None, config: Mapping[str, Any] | None, settings: Mapping[str, Any]) -> dict:

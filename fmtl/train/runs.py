@@ -101,6 +101,9 @@ def remove_stale_temps(out: str | Path) -> list[str]:
 def lock(out: str | Path) -> Iterator[Path]:
     """Holds the run directory ``out`` for this process (``fcntl.flock`` on ``out/.lock``; creates ``out``).
 
+    A directory it created is removed again when the run wrote nothing into it (bad input found late,
+    e.g. a dataset root of the wrong layout, leaves no directory behind).
+
     A second process (another ``fmtl train`` into the same ``--out``) gets a :class:`RunDirError`
     naming the holder's PID. The lock goes with the process: a killed run leaves no stale lock.
 
@@ -115,6 +118,7 @@ def lock(out: str | Path) -> Iterator[Path]:
         fmtl.train.runs.RunDirError: ... is being written by another fmtl process (PID ...); ...
     """
     out = Path(out)
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -132,6 +136,9 @@ def lock(out: str | Path) -> Iterator[Path]:
         try:
             yield out
         finally:
+            if created and os.listdir(out) == [LOCK]:  # a run that failed before writing anything leaves nothing
+                os.unlink(out / LOCK)
+                os.rmdir(out)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

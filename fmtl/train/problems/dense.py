@@ -43,7 +43,7 @@ import torch
 from ...losses import cross_entropy, depth_l1, normal_cosine
 from ..evaluate import depth, normals, segmentation
 from ..problem import Problem
-from .options import check_options, root_of, weights_note
+from .options import accepted, check_options, root_of, weights_note
 
 __all__ = ["build", "Subset", "register_dense", "stream_options", "BACKBONES", "LAYOUT"]
 
@@ -85,10 +85,13 @@ class Subset:
         return self.ds[self.rows[as_index(index, len(self))]]
 
 
+#: The ``--data`` options this benchmark takes (its builder checks their values).
+DATA_OPTIONS = ("root", "val_fraction", "resize", "subset", "streaming", "workers", "augment")
+
 def _splits(name: str, data: Mapping[str, Any]) -> dict[str, Any]:
     from ... import data as fdata
 
-    check_options(name, data, ("root", "val_fraction", "resize", "subset", "streaming", "workers", "augment"))
+    check_options(name, data, DATA_OPTIONS)
     opts = {k: v for k, v in data.items() if k not in ("root", "val_fraction", "workers", "augment")}
     opts.setdefault("streaming", True)
     if opts.get("resize") is not None:
@@ -160,4 +163,5 @@ def register_dense(name: str, batch_size: int) -> None:
     register(name, partial(build, name),
              settings={"epochs": 200, "batch_size": batch_size, "lr": 1e-4, "eval_batch_size": batch_size,
                        "log_every": 10},
-             data={"val_fraction": 0.1}, model={"arch": "hps"}, archs=ARCHITECTURES)  # fmt: skip
+             data={"val_fraction": 0.1}, model={"arch": "hps"}, archs=ARCHITECTURES,
+             options=accepted(DATA_OPTIONS))  # fmt: skip

@@ -25,7 +25,7 @@ from tensordict import TensorDict
 from ...losses import cross_entropy
 from ..evaluate import accuracy
 from ..problem import Problem
-from .options import check_options
+from .options import accepted, check_options
 from .synthetic import load_splits
 
 if TYPE_CHECKING:
@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 __all__ = ["build", "column_cross_entropy", "flat_encoder"]
 
+
+#: The ``--data`` options this benchmark takes (its builder checks their values).
+DATA_OPTIONS = ("root", "size", "seed", "subset", "source", "cache")
 
 def column_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of logits [B, C] against one label column [B, 1] (a task's column of ``batch["y"]``).
@@ -81,7 +84,7 @@ def build(cfg: Mapping[str, Any]) -> Problem:
     from ...models import hps
     from ...models.blocks import linear_head
 
-    check_options("multimnist", cfg["data"], ("root", "size", "seed", "subset", "source", "cache"))
+    check_options("multimnist", cfg["data"], DATA_OPTIONS)
     splits = load_splits("multimnist", cfg["data"])
     opts = dict(cfg["model"])
     opts.pop("arch", None)  # HPS only (checked by the registry)
@@ -100,7 +103,8 @@ def _register() -> None:
 
     register("multimnist", build,
              settings={"epochs": 10, "batch_size": 256, "lr": 1e-3, "eval_batch_size": 1024, "log_every": 10},
-             data={}, model={"arch": "hps", "widths": [16, 32, 64], "hidden": 64}, threads=1)  # fmt: skip
+             data={}, model={"arch": "hps", "widths": [16, 32, 64], "hidden": 64}, threads=1,
+             options=accepted(DATA_OPTIONS))  # fmt: skip
 
 
 _register()

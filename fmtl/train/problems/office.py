@@ -30,7 +30,7 @@ from typing import Any
 from ...losses import cross_entropy
 from ..evaluate import accuracy, masked
 from ..problem import SPLITS, Problem
-from .options import check_options, root_of, weights_note
+from .options import accepted, check_options, root_of, weights_note
 
 __all__ = ["build", "register_office", "LAYOUT"]
 
@@ -41,6 +41,9 @@ LAYOUT = {
 }
 
 
+#: The ``--data`` options this benchmark takes (its builder checks their values).
+DATA_OPTIONS = ("root", "image_size", "seed", "normalize", "cache", "cache_dir")
+
 def build(name: str, cfg: Mapping[str, Any]) -> Problem:
     """The ``office31`` or ``officehome`` problem of a resolved configuration (module docstring)."""
     from ... import data as fdata
@@ -48,7 +51,7 @@ def build(name: str, cfg: Mapping[str, Any]) -> Problem:
 
     data = dict(cfg["data"])
     root = root_of(name, data, LAYOUT[name])
-    check_options(name, data, ("root", "image_size", "seed", "normalize", "cache", "cache_dir"))
+    check_options(name, data, DATA_OPTIONS)
     opts = {k: v for k, v in data.items() if k != "root"}
     try:
         splits = {s: fdata.load(name, s, root=root, **opts) for s in SPLITS}
@@ -72,4 +75,4 @@ def register_office(name: str) -> None:
 
     register(name, partial(build, name),
              settings={"epochs": 100, "batch_size": 64, "lr": 1e-4, "eval_batch_size": 64, "log_every": 10},
-             data={"image_size": 224}, model={"arch": "hps"})  # fmt: skip
+             data={"image_size": 224}, model={"arch": "hps"}, options=accepted(DATA_OPTIONS))  # fmt: skip

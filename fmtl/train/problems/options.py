@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["root_of", "check_options", "weights_note"]
+__all__ = ["root_of", "check_options", "weights_note", "accepted"]
 
 
 def root_of(name: str, data: Mapping[str, Any], layout: str) -> str:
@@ -47,3 +47,16 @@ def weights_note(model_opts: Mapping[str, Any], what: str) -> None:
     if not model_opts.get("weights"):
         print(f"fmtl: note: no --model weights=PATH (a local torchvision {what} state dict): the backbone is "
               "randomly initialized, unlike the paper's ImageNet-pretrained one", file=sys.stderr)  # fmt: skip
+
+
+def accepted(data_keys: Iterable[str]) -> dict[str, Any]:
+    """A benchmark's ``options`` for :func:`fmtl.train.problems.register`: these ``--data`` keys (values
+    checked by its builder), and ``--model`` options checked by its builder too.
+
+    Example:
+        >>> sorted(accepted(("root", "subset"))["data"])
+        ['root', 'subset']
+    """
+    from ..validate import OWN_CHECKS
+
+    return {"data": dict.fromkeys(data_keys, Any), "model": OWN_CHECKS}
