@@ -1,0 +1,143 @@
+"""Gradient diagnostics of finished QM9 study runs: task-gradient cosines and gradient-norm spikes.
+
+Reads each run's ``metrics.jsonl`` step records (every ``log_every`` = 10 steps: ‖∇θ ℓ_t‖ of the raw
+losses and the T×T cosines of the raw task gradients, before any log transform or balancing), and
+rebuilds the training batch of every logged step (the run's seed, epoch and batch index give it
+exactly, as in ``fmtl.train``) to relate the spikes to the descriptor's outlying inputs: the batch's
+largest |z| under the *default* standardisation, whatever scaling the run itself used.
+
+Usage::
+
+    python benchmarks/paper/qm9_gradients.py RUN_DIR [RUN_DIR ...]   # → results/qm9_gradients.json
+
+A *spike* is a logged step whose per-task norms, each divided by that task's rolling median (21 logged
+steps = 210 steps, centred; the norms fall during training, so a global median would flag the start),
+have a median over tasks above 10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+ENERGIES = ("U0", "U", "H", "G")
+SPIKE = 10.0
+OUTLIER = 20.0
+WINDOW = 21
+
+
+def _rolling_median(x: torch.Tensor, window: int = WINDOW) -> torch.Tensor:
+    """Centred rolling median over dim 0 (edges use the nearest full window's values by replication)."""
+    h = window // 2
+    padded = torch.cat([x[:1].expand(h, -1), x, x[-1:].expand(h, -1)])
+    return padded.unfold(0, window, 1).median(-1).values
+
+
+def _steps(run: Path) -> tuple[list[str], list[dict]]:
+    tasks, steps = [], []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["type"] == "header":
+            tasks = rec["tasks"]
+        elif rec["type"] == "step":
+            steps.append(rec)
+    return tasks, steps
+
+
+def _batch_max_z(cfg: dict, steps: list[dict]) -> list[float]:
+    """max |z| (default standardisation) over the training batch of each logged step."""
+    from fmtl.data import load
+    from fmtl.data.batching import batch_indices
+
+    data = {k: v for k, v in cfg["data"].items() if k not in ("scaling", "clip", "tasks")}
+    x = load("qm9", "train", **data).x
+    row_max = x.abs().amax(1)
+    cache: dict[int, list[torch.Tensor]] = {}
+    out = []
+    for s in steps:
+        e = int(s["epoch"])
+        if e not in cache:
+            cache[e] = list(batch_indices(len(x), int(cfg["batch_size"]), seed=int(cfg["seed"]), epoch=e))
+        out.append(float(row_max[cache[e][int(s["batch"]) - 1]].max()))
+    return out
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    ra = torch.tensor(a).argsort().argsort().double()
+    rb = torch.tensor(b).argsort().argsort().double()
+    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+
+
+def analyse(run: Path) -> dict:
+    """The cosine summary and the spike statistics of one run."""
+    cfg = json.loads((run / "results.json").read_text())["config"]
+    tasks, steps = _steps(run)
+    norms = torch.tensor([[s["grad_norms"][t] for t in tasks] for s in steps], dtype=torch.float64)
+    ratio = norms / _rolling_median(norms)
+    level = ratio.median(1).values  # how far the whole step is above the run's typical norms
+    spikes = level > SPIKE
+    out: dict = {"run": run.name, "method": cfg["method"], "opts": cfg["opts"], "data": cfg["data"],
+                 "seed": cfg["seed"], "logged_steps": len(steps),
+                 "max_over_median": {t: float(ratio[:, i].max()) for i, t in enumerate(tasks)},
+                 "step_level_max": float(level.max()), "spike_steps": int(spikes.sum()),
+                 "spike_steps_all_tasks_above_10x": int(((ratio > SPIKE).all(1) & spikes).sum())}
+    zmax = _batch_max_z(cfg, steps)
+    z = torch.tensor(zmax)
+    out["batches_with_outlier"] = float((z > OUTLIER).double().mean())
+    out["spikes_with_outlier"] = float((z[spikes] > OUTLIER).double().mean()) if spikes.any() else None
+    out["spearman_maxz_vs_level"] = _spearman(zmax, level.log().tolist())
+    out["median_level_by_maxz"] = {
+        f"{lo:g}-{hi:g}": (float(level[(z > lo) & (z <= hi)].median()) if ((z > lo) & (z <= hi)).any() else None)
+        for lo, hi in ((0, 10), (10, 20), (20, 100), (100, 1e9))
+    }
+    cos = [s["cosine"] for s in steps if s.get("cosine")]
+    if cos:
+        c = torch.tensor(cos, dtype=torch.float64)
+        c_quiet = c[~spikes] if (~spikes).any() else c
+        mean = c_quiet.mean(0)
+        idx = {t: i for i, t in enumerate(tasks)}
+        en = [idx[t] for t in ENERGIES if t in idx]
+        pairs = [(i, j) for i in range(len(tasks)) for j in range(i + 1, len(tasks))]
+        energy_pairs = [(i, j) for i, j in pairs if i in en and j in en]
+        other = [(i, j) for i, j in pairs if not (i in en and j in en)]
+        out["cosine_mean_matrix"] = {"tasks": tasks, "matrix": mean.tolist(), "excludes_spikes": True}
+        out["cosine_energy_pairs"] = statistics.fmean(float(mean[i, j]) for i, j in energy_pairs) if energy_pairs \
+            else None  # fmt: skip
+        out["cosine_energy_pairs_min"] = min((float(mean[i, j]) for i, j in energy_pairs), default=None)
+        out["cosine_other_pairs"] = statistics.fmean(float(mean[i, j]) for i, j in other)
+        if "zpve" in idx and en:
+            out["cosine_zpve_energies"] = statistics.fmean(float(mean[idx["zpve"], j]) for j in en)
+        out["cosine_spike_steps_mean_offdiag"] = (
+            float(c[spikes][:, torch.triu_indices(len(tasks), len(tasks), 1)[0],
+                            torch.triu_indices(len(tasks), len(tasks), 1)[1]].mean()) if spikes.any() else None
+        )  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, default=RESULTS / "qm9_gradients.json")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    old = json.loads(a.out.read_text()) if a.out.is_file() else {}
+    for run in a.runs:
+        res = analyse(run)
+        old[run.name] = res
+        print(json.dumps({k: v for k, v in res.items() if k != "cosine_mean_matrix"}, indent=1))
+    a.out.parent.mkdir(exist_ok=True)
+    tmp = a.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(old, indent=1))
+    tmp.replace(a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
