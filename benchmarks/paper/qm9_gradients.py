@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -75,30 +76,47 @@ def _spearman(a: list[float], b: list[float]) -> float:
     return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
 
 
+BUCKETS = ((0, 20), (20, 50), (50, 100), (100, 500), (500, math.inf))
+
+
+def _by_bucket(z: torch.Tensor, level: torch.Tensor, hot: torch.Tensor) -> dict:
+    """Per range of the batch's largest input |z|: logged steps, their median level, the spike rate."""
+    out = {}
+    for lo, hi in BUCKETS:
+        m = (z > lo) & (z <= hi)
+        out[f"{lo:g}-{hi:g}"] = {"steps": int(m.sum()), "median_level": float(level[m].median()) if m.any() else None,
+                                 "spike_rate": float(hot[m].double().mean()) if m.any() else None}
+    return out
+
+
 def analyse(run: Path) -> dict:
     """The cosine summary and the spike statistics of one run."""
     cfg = json.loads((run / "results.json").read_text())["config"]
     tasks, steps = _steps(run)
-    norms = torch.tensor([[s["grad_norms"][t] for t in tasks] for s in steps], dtype=torch.float64)
-    ratio = norms / _rolling_median(norms)
-    level = ratio.median(1).values  # how far the whole step is above the run's typical norms
-    spikes = level > SPIKE
     out: dict = {"run": run.name, "method": cfg["method"], "opts": cfg["opts"], "data": cfg["data"],
-                 "seed": cfg["seed"], "logged_steps": len(steps),
-                 "max_over_median": {t: float(ratio[:, i].max()) for i, t in enumerate(tasks)},
-                 "step_level_max": float(level.max()), "spike_steps": int(spikes.sum()),
-                 "spike_steps_all_tasks_above_10x": int(((ratio > SPIKE).all(1) & spikes).sum())}
-    zmax = _batch_max_z(cfg, steps)
-    z = torch.tensor(zmax)
+                 "seed": cfg["seed"], "logged_steps": len(steps)}
+    z = torch.tensor(_batch_max_z(cfg, steps))
     out["batches_with_outlier"] = float((z > OUTLIER).double().mean())
-    out["spikes_with_outlier"] = float((z[spikes] > OUTLIER).double().mean()) if spikes.any() else None
-    out["spearman_maxz_vs_level"] = _spearman(zmax, level.log().tolist())
-    out["median_level_by_maxz"] = {
-        f"{lo:g}-{hi:g}": (float(level[(z > lo) & (z <= hi)].median()) if ((z > lo) & (z <= hi)).any() else None)
-        for lo, hi in ((0, 10), (10, 20), (20, 100), (100, 1e9))
-    }
+    spikes = torch.zeros(len(steps), dtype=torch.bool)
+    for what in ("grad_norms", "losses"):  # EW logs no task gradients: its norms are NaN
+        v = torch.tensor([[s[what][t] for t in tasks] for s in steps], dtype=torch.float64)
+        if not bool(torch.isfinite(v).all()):
+            continue
+        ratio = v / _rolling_median(v)
+        level = ratio.median(1).values  # how far the whole step is above the run's typical values
+        hot = level > SPIKE
+        if what == "grad_norms":
+            spikes = hot
+        out[what] = {
+            "max_over_rolling_median": {t: float(ratio[:, i].max()) for i, t in enumerate(tasks)},
+            "step_level_max": float(level.max()), "spike_steps": int(hot.sum()),
+            "spike_steps_all_tasks_above_10x": int(((ratio > SPIKE).all(1) & hot).sum()),
+            "spikes_with_outlier": float((z[hot] > OUTLIER).double().mean()) if hot.any() else None,
+            "spearman_maxz_vs_level": _spearman(z.tolist(), level.log().tolist()),
+            "by_batch_max_z": _by_bucket(z, level, hot),
+        }  # fmt: skip
     cos = [s["cosine"] for s in steps if s.get("cosine")]
-    if cos:
+    if cos and all(math.isfinite(c) for row in cos[0] for c in row):
         c = torch.tensor(cos, dtype=torch.float64)
         c_quiet = c[~spikes] if (~spikes).any() else c
         mean = c_quiet.mean(0)

@@ -51,6 +51,7 @@ DBMTL_DEFAULTS = {"beta": 0.9, "beta_sigma": 0.0, "alpha": "max", "log_transform
 #: The job's training settings (the qm9 benchmark's defaults), left out of names for the same reason.
 SETTING_DEFAULTS = {"batch_size": 256, "epochs": 10, "optimizer": "adam", "lr": 1e-3}
 #: The paper's β grid (Section 4.1): β_k = β / k^σ.
+SGD_LRS = (0.01, 0.03, 0.1, 0.3)
 BETA_GRID = [(0.1, 0.0), (0.5, 0.0), (0.9, 0.0), (0.1, 0.5), (0.5, 0.5), (0.9, 0.5)]
 
 
@@ -68,26 +69,38 @@ class Run:
     opts: tuple = ()  # sorted (key, value) pairs, defaults dropped
     data: tuple = ()
     settings: tuple = ()
+    ref: str = "same"  # the Δp reference: "same" (STL of this setting) or "default" (the default job's STL)
 
     @staticmethod
     def make(method: str, seed: int, opts: dict | None = None, data: dict | None = None,
-             settings: dict | None = None) -> Run:
+             settings: dict | None = None, ref: str = "same") -> Run:
         opts = dict(opts or {})
         if method == "dbmtl":
             opts = {k: v for k, v in opts.items() if DBMTL_DEFAULTS.get(k, object()) != v}
         settings = {k: v for k, v in (settings or {}).items() if SETTING_DEFAULTS.get(k, object()) != v}
-        return Run(method, seed, _items(opts), _items(data or {}), _items(settings))
+        run = Run(method, seed, _items(opts), _items(data or {}), _items(settings))
+        return run if method == "stl" or ref == "same" or run.setting_stl() == run.default_stl() else \
+            Run(method, seed, run.opts, run.data, run.settings, ref)  # fmt: skip
 
-    def stl(self) -> Run | None:
-        """The STL reference: same data (all tasks) and settings, method ``stl``."""
-        if self.method == "stl":
-            return None
-        data = {k: v for k, v in self.data if k != "tasks"}  # Δp_t of a task subset: the same STL models
+    def setting_stl(self) -> Run:
+        """STL with the same data (all tasks: a task subset has the same STL models) and settings."""
+        data = {k: v for k, v in self.data if k != "tasks"}
         return Run("stl", self.seed, (), _items(data), self.settings)
 
+    def default_stl(self) -> Run:
+        """STL of the default job, same seed."""
+        return Run("stl", self.seed)
+
+    def stl(self) -> Run | None:
+        """The STL run this run's Δp (and validation selection) is measured against."""
+        if self.method == "stl":
+            return None
+        return self.default_stl() if self.ref == "default" else self.setting_stl()
+
     def spec(self) -> dict:
-        return {"method": self.method, "seed": self.seed, "opts": dict(self.opts), "data": dict(self.data),
+        spec = {"method": self.method, "seed": self.seed, "opts": dict(self.opts), "data": dict(self.data),
                 "settings": dict(self.settings)}
+        return spec if self.ref == "same" else {**spec, "ref": self.ref}
 
     @property
     def name(self) -> str:
@@ -138,8 +151,8 @@ class Experiment:
     rows: list[tuple[str, list[Run]]] = field(default_factory=list)
     restrict: tuple[str, ...] | None = None  # also report test Δp over these tasks only
     def add(self, label: str, method: str, opts: dict | None = None, data: dict | None = None,
-            settings: dict | None = None, seeds: Iterable[int] = SEEDS) -> None:
-        self.rows.append((label, [Run.make(method, s, opts, data, settings) for s in seeds]))
+            settings: dict | None = None, seeds: Iterable[int] = SEEDS, ref: str = "same") -> None:
+        self.rows.append((label, [Run.make(method, s, opts, data, settings, ref) for s in seeds]))
 
 
 def _dbmtl(beta: float, sigma: float, **extra: Any) -> dict:
@@ -147,15 +160,19 @@ def _dbmtl(beta: float, sigma: float, **extra: Any) -> dict:
 
 
 def _method_rows(exp: Experiment, selected: tuple[float, float] | None, data: dict | None = None,
-                 settings: dict | None = None, stl: bool = False, seeds: Iterable[int] = SEEDS) -> None:
-    """EW, DB-MTL at β = 0.9 and DB-MTL at the selected β (and the STL row) under one setting."""
+                 settings: dict | None = None, seeds: Iterable[int] = SEEDS, ref: str = "default") -> None:
+    """EW, DB-MTL at β = 0.9 and DB-MTL at the selected β under one setting.
+
+    ``ref="default"``: Δp (and each run's epoch selection on validation Δp) against the default job's
+    STL of the same seed, so that every setting is measured on one scale; the STL of the setting itself
+    is a row of the ``stl_settings`` experiment (trained last: the STL ensemble is the slowest run here),
+    and the tables add Δp against it where it exists.
+    """
     seeds = tuple(seeds)
-    if stl:
-        exp.add("STL", "stl", None, data, settings, seeds)
-    exp.add("EW", "ew", None, data, settings, seeds)
-    exp.add("DB-MTL β=0.9", "dbmtl", _dbmtl(0.9, 0.0), data, settings, seeds)
+    exp.add("EW", "ew", None, data, settings, seeds, ref)
+    exp.add("DB-MTL β=0.9", "dbmtl", _dbmtl(0.9, 0.0), data, settings, seeds, ref)
     if selected is not None and selected != (0.9, 0.0):
-        exp.add(f"DB-MTL β={beta_label(*selected)}", "dbmtl", _dbmtl(*selected), data, settings, seeds)
+        exp.add(f"DB-MTL β={beta_label(*selected)}", "dbmtl", _dbmtl(*selected), data, settings, seeds, ref)
 
 
 def experiments(selected: tuple[float, float] | None) -> dict[str, Experiment]:
@@ -194,39 +211,46 @@ def experiments(selected: tuple[float, float] | None) -> dict[str, Experiment]:
         for a in ("max", "min", "mean", "median", 1.0):
             e.add(f"β={beta_label(*b)}, α={'constant 1' if a == 1.0 else a}", "dbmtl", _dbmtl(*b, alpha=a))
 
+    settings_stl = []  # (label, data, settings) of every setting whose own STL is wanted
     e = new("scaling_clip", "Descriptor inputs standardized, then clipped to ±5σ (train statistics)")
-    _method_rows(e, selected, data={"clip": 5.0}, stl=True)
+    _method_rows(e, selected, data={"clip": 5.0})
+    settings_stl.append(("clip ±5σ", {"clip": 5.0}, None))
 
     e = new("scaling_asinh", "Descriptor inputs z = asinh((x − μ)/σ) (train statistics)")
-    _method_rows(e, selected, data={"scaling": "asinh"}, stl=True)
+    _method_rows(e, selected, data={"scaling": "asinh"})
+    settings_stl.append(("asinh", {"scaling": "asinh"}, None))
 
     subset = ("mu", "alpha", "homo", "lumo", "r2", "zpve", "U0", "cv")
     e = new("tasks_subset", "One of the four atomization energies: 8 tasks without U, H, G (same STL models)")
     e.restrict = subset
-    _method_rows(e, selected, data={"tasks": list(subset)})
+    _method_rows(e, selected, data={"tasks": list(subset)}, ref="same")
     full = Experiment("", "")
     _method_rows(full, selected)
     e.rows += [(f"{label}, 11-task run", rs) for label, rs in full.rows]
 
     e = new("batch128", "Batch size 128 (the paper's) instead of 256")
-    _method_rows(e, selected, settings={"batch_size": 128}, stl=True)
+    _method_rows(e, selected, settings={"batch_size": 128})
+    settings_stl.append(("batch 128", None, {"batch_size": 128}))
 
-    e = new("sgd_lr", "SGD learning rate, chosen on the STL ensemble's validation error (seed 0)")
-    for lr in (0.01, 0.03, 0.1, 0.3):
-        e.add(f"STL SGD lr={lr:g}", "stl", settings={"optimizer": "sgd", "lr": lr}, seeds=(0,))
+    e = new("sgd_lr", "SGD learning rate for the MTL runs, chosen on EW's validation Δp (seed 0)")
+    for lr in SGD_LRS:
+        e.add(f"EW SGD lr={lr:g}", "ew", settings={"optimizer": "sgd", "lr": lr}, seeds=(0,), ref="default")
 
     e = new("epochs50", "50 epochs instead of 10")
-    e.add("STL", "stl", settings={"epochs": 50})
-    e.add("EW", "ew", settings={"epochs": 50})
-    e.add(f"DB-MTL β={beta_label(*selected)}", "dbmtl", sel, settings={"epochs": 50})
-    e.add("DB-MTL β=0.9", "dbmtl", _dbmtl(0.9, 0.0), settings={"epochs": 50})
+    _method_rows(e, selected, settings={"epochs": 50})
+    settings_stl.append(("50 epochs", None, {"epochs": 50}))
+
+    e = new("stl_settings", "The STL ensemble under each controlled setting (Δp against the default STL)")
+    for label, data, settings in settings_stl:
+        e.add(f"STL, {label}", "stl", None, data, settings)
     return out
 
 
 def sgd_experiment(lr: float, selected: tuple[float, float] | None) -> Experiment:
     """EW / DB-MTL under SGD at the learning rate chosen by the ``sgd_lr`` sweep."""
-    e = Experiment("sgd", f"SGD (lr {lr:g}, chosen on STL validation) instead of Adam")
-    _method_rows(e, selected, settings={"optimizer": "sgd", "lr": lr}, stl=True)
+    e = Experiment("sgd", f"SGD (lr {lr:g}, chosen on EW's validation Δp) instead of Adam")
+    _method_rows(e, selected, settings={"optimizer": "sgd", "lr": lr})
+    e.add(f"STL, SGD lr {lr:g}", "stl", settings={"optimizer": "sgd", "lr": lr})
     return e
 
 
@@ -344,7 +368,8 @@ def summarize(exp: Experiment, runs: Path, default_stl: dict[int, dict]) -> dict
     """Per row: seeds done, mean ± std of validation Δp, test Δp, test Δp against the default STL, MAEs."""
     rows = []
     for label, rs in exp.rows:
-        recs = [x for x in (record(runs, r) for r in rs) if x is not None]
+        pairs = [(r, x) for r, x in ((r, record(runs, r)) for r in rs) if x is not None]
+        recs = [x for _, x in pairs]
         row: dict[str, Any] = {"label": label, "spec": {**rs[0].spec(), "seed": None},
                                "seeds": [x["seed"] for x in recs], "runs": [x["name"] for x in recs]}
         for key in ("val_dp", "test_dp"):
@@ -356,6 +381,12 @@ def summarize(exp: Experiment, runs: Path, default_stl: dict[int, dict]) -> dict
             if ref is not None:
                 dps.append(100.0 * statistics.fmean((ref[t] - v) / ref[t] for t, v in x["test_mae"].items()))
         row["test_dp_vs_default_stl"] = _mean_std(dps)
+        # Δp against the STL of the run's own setting, where that differs from the default and exists.
+        own = [(x, record(runs, r.setting_stl())) for r, x in pairs
+               if r.method != "stl" and r.setting_stl() != r.default_stl()]
+        row["test_dp_vs_setting_stl"] = _mean_std(
+            [100.0 * statistics.fmean((ref["test_mae"][t] - v) / ref["test_mae"][t] for t, v in x["test_mae"].items())
+             for x, ref in own if ref is not None])
         if exp.restrict:
             row["test_dp_restricted"] = _mean_std(
                 [statistics.fmean(x["test_dp_tasks"][t] for t in exp.restrict) for x in recs])
@@ -379,30 +410,37 @@ def select_beta(summary: dict) -> tuple[float, float] | None:
 
 
 def select_sgd_lr(runs: Path, exp: Experiment) -> float | None:
-    """The SGD learning rate whose STL ensemble has the lowest mean normalized validation MAE."""
+    """The SGD learning rate of the sweep with the best validation Δp (a diverged run counts as −∞)."""
     scores = {}
     for _, rs in exp.rows:
-        d = runs / rs[0].name / "results.json"
-        if not d.is_file():
+        run = rs[0]
+        lr = dict(run.settings)["lr"]
+        rec = record(runs, run)
+        if rec is not None:
+            scores[lr] = rec["val_dp"]
+        elif _diverged(runs, run):
+            scores[lr] = -math.inf
+        else:
             return None
-        res = json.loads(d.read_text())
-        mae = {t: v["mae"] for t, v in res["selected"]["val"].items()}
-        scores[rs[0].spec()["settings"]["lr"]] = mae
-    ref = {}
-    for t in next(iter(scores.values())):
-        ref[t] = min(m[t] for m in scores.values())
-    norm = {lr: statistics.fmean(m[t] / ref[t] for t in m) for lr, m in scores.items()}
-    return min(norm, key=norm.get)
+    return max(scores, key=scores.get)
+
+
+def _diverged(runs: Path, run: Run) -> bool:
+    log = runs / "logs" / f"{run.name}.log"
+    return log.is_file() and "diverged" in log.read_text()
 
 
 def table_md(s: dict) -> str:
     restricted = any("test_dp_restricted" in r for r in s["rows"])
     extra = " test Δp % over the shared tasks |" if restricted else ""
+    own = any(not math.isnan(r["test_dp_vs_setting_stl"][0]) for r in s["rows"])
+    extra += " test Δp % vs STL of this setting |" if own else ""
     lines = [f"### {s['title']} (`{s['name']}`)", "",
              f"| row | seeds | val Δp % | test Δp % | test Δp % vs default STL |{extra} wall s |",
-             "|---|---|---|---|---|---|" + ("---|" if restricted else "")]
+             "|---|---|---|---|---|---|" + ("---|" if restricted else "") + ("---|" if own else "")]
     for r in s["rows"]:
         cell = f" {_pm(*r['test_dp_restricted'])} |" if restricted else ""
+        cell += f" {_pm(*r['test_dp_vs_setting_stl'])} |" if own else ""
         lines.append(f"| {r['label']} | {len(r['seeds'])} | {_pm(*r['val_dp'])} | {_pm(*r['test_dp'])} | "
                      f"{_pm(*r['test_dp_vs_default_stl'])} |{cell} {r['wall_time_s'][0]:.0f} |")
     tasks = next((list(r["test_mae"]) for r in s["rows"] if r["test_mae"]), [])
