@@ -115,6 +115,13 @@ def analyse(run: Path) -> dict:
             "spearman_maxz_vs_level": _spearman(z.tolist(), level.log().tolist()),
             "by_batch_max_z": _by_bucket(z, level, hot),
         }  # fmt: skip
+    w = torch.tensor([[s["weights"][t] for t in tasks] for s in steps], dtype=torch.float64)
+    if bool(torch.isfinite(w).all()) and not bool((w == w[:, :1]).all()):
+        # DB-MTL: w_t = α/(‖ĝ_t‖+ε); relative to the step's smallest weight (the task with the largest
+        # ‖ĝ_t‖), w_t says how many times more the normalization weights task t than that task.
+        rel = w / w.amin(1, keepdim=True)
+        out["weights_median_rel_to_min"] = {t: float(rel[:, i].median()) for i, t in enumerate(tasks)}
+        out["weights_max_over_min_median"] = float(rel.amax(1).median())
     cos = [s["cosine"] for s in steps if s.get("cosine")]
     if cos and all(math.isfinite(c) for row in cos[0] for c in row):
         c = torch.tensor(cos, dtype=torch.float64)
