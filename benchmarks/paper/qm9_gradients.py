@@ -1,14 +1,19 @@
 """Gradient diagnostics of finished QM9 study runs: task-gradient cosines and gradient-norm spikes.
 
 Reads each run's ``metrics.jsonl`` step records (every ``log_every`` = 10 steps: ‖∇θ ℓ_t‖ of the raw
-losses and the T×T cosines of the raw task gradients, before any log transform or balancing), and
-rebuilds the training batch of every logged step (the run's seed, epoch and batch index give it
-exactly, as in ``fmtl.train``) to relate the spikes to the descriptor's outlying inputs: the batch's
-largest |z| under the *default* standardisation, whatever scaling the run itself used.
+losses, and from them ‖∇θ log ℓ_t‖ = ‖∇θ ℓ_t‖/ℓ_t as ``log_grad_norms``; the T×T cosines of the raw
+task gradients, before any log transform or balancing), and rebuilds the training batch of every
+logged step (the run's seed, epoch and batch index give it exactly, as in ``fmtl.train``) to relate
+the spikes to the descriptor's outlying inputs: the batch's largest |z| under the *default*
+standardisation, whatever scaling the run itself used.
 
 Usage::
 
     python benchmarks/paper/qm9_gradients.py RUN_DIR [RUN_DIR ...]   # → results/qm9_gradients.json
+    python benchmarks/paper/qm9_gradients.py --descriptor             # + the descriptor's outliers
+
+``_by_setting`` in the JSON holds the mean ± sample std over seeds of the main numbers of every
+setting analysed so far.
 
 A *spike* is a logged step whose per-task norms, each divided by that task's rolling median (21 logged
 steps = 210 steps, centred; the norms fall during training, so a global median would flag the start),
@@ -98,8 +103,11 @@ def analyse(run: Path) -> dict:
     z = torch.tensor(_batch_max_z(cfg, steps))
     out["batches_with_outlier"] = float((z > OUTLIER).double().mean())
     spikes = torch.zeros(len(steps), dtype=torch.bool)
-    for what in ("grad_norms", "losses"):  # EW logs no task gradients: its norms are NaN
-        v = torch.tensor([[s[what][t] for t in tasks] for s in steps], dtype=torch.float64)
+    series = {w: torch.tensor([[s[w][t] for t in tasks] for s in steps], dtype=torch.float64)
+              for w in ("grad_norms", "losses")}
+    # ‖∇θ log ℓ_t‖ = ‖∇θ ℓ_t‖ / ℓ_t: what the loss-scale component hands on (ε = 1e-8 is negligible here).
+    series["log_grad_norms"] = series["grad_norms"] / series["losses"]
+    for what, v in series.items():  # EW logs no task gradients: its norms are NaN
         if not bool(torch.isfinite(v).all()):
             continue
         ratio = v / _rolling_median(v)
@@ -146,17 +154,76 @@ def analyse(run: Path) -> dict:
     return out
 
 
+def descriptor_outliers() -> dict:
+    """How far the standardized training descriptor reaches: the input side of the spikes."""
+    from fmtl.data import load
+
+    x = load("qm9", "train", representation="descriptor").x
+    z = x.abs()
+    row = z.amax(1)
+    feat = z.amax(0)
+    return {
+        "split": "train", "molecules": len(x), "features": x.shape[1], "max_abs_z": float(row.max()),
+        "molecules_beyond": {f"{c:g}": int((row > c).sum()) for c in (5, 10, 20, 50, 100, 500)},
+        "features_reaching": {f"{c:g}": int((feat > c).sum()) for c in (5, 10, 20, 50, 100, 500)},
+        "median_molecule_max_abs_z": float(row.median()),
+        "batch_256_holds_one_beyond_20": 1.0 - float((1.0 - (row > OUTLIER).double().mean()) ** 256),
+    }  # fmt: skip
+
+
+#: The per-run numbers summarized over seeds by :func:`by_setting` (paths into :func:`analyse`'s dict).
+SUMMARY_KEYS = (
+    ("batches_with_outlier",), ("grad_norms", "spike_steps"), ("grad_norms", "spike_steps_all_tasks_above_10x"),
+    ("grad_norms", "spikes_with_outlier"), ("grad_norms", "step_level_max"),
+    ("grad_norms", "by_batch_max_z", "500-inf", "median_level"),
+    ("grad_norms", "by_batch_max_z", "20-50", "median_level"),
+    ("losses", "spike_steps"), ("log_grad_norms", "by_batch_max_z", "500-inf", "median_level"),
+    ("log_grad_norms", "step_level_max"), ("cosine_energy_pairs",), ("cosine_energy_pairs_min",),
+    ("cosine_zpve_energies",),
+    ("cosine_other_pairs",), ("cosine_spike_steps_mean_offdiag",), ("weights_max_over_min_median",),
+)  # fmt: skip
+
+
+def by_setting(runs: dict) -> dict:
+    """Mean ± sample std over seeds of the main numbers, per (method, opts, data) setting."""
+    groups: dict[str, list[dict]] = {}
+    for name, r in runs.items():
+        if not name.startswith("_"):
+            key = json.dumps({"method": r["method"], "opts": r["opts"], "data": r["data"]}, sort_keys=True)
+            groups.setdefault(key, []).append(r)
+    out = {}
+    for key, rs in sorted(groups.items()):
+        row: dict = {**json.loads(key), "seeds": sorted(r["seed"] for r in rs), "runs": sorted(r["run"] for r in rs)}
+        for path in SUMMARY_KEYS:
+            xs = []
+            for r in rs:
+                v = r
+                for k in path:
+                    v = v.get(k) if isinstance(v, dict) else None
+                if isinstance(v, int | float) and math.isfinite(v):
+                    xs.append(float(v))
+            if xs:
+                row[".".join(path)] = [statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else None]
+        out[key] = row
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("runs", nargs="*", type=Path)
+    p.add_argument("--descriptor", action="store_true", help="also record the descriptor's outliers")
     p.add_argument("--out", type=Path, default=RESULTS / "qm9_gradients.json")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     old = json.loads(a.out.read_text()) if a.out.is_file() else {}
+    if a.descriptor:
+        old["_descriptor"] = descriptor_outliers()
+        print(json.dumps(old["_descriptor"], indent=1))
     for run in a.runs:
         res = analyse(run)
         old[run.name] = res
         print(json.dumps({k: v for k, v in res.items() if k != "cosine_mean_matrix"}, indent=1))
+    old["_by_setting"] = by_setting(old)
     a.out.parent.mkdir(exist_ok=True)
     tmp = a.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(old, indent=1))

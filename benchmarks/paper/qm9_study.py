@@ -4,7 +4,8 @@ Every run is one ``fmtl train`` subprocess (``--threads 1 --quiet``) with an exp
 ``--runs`` (default ``/work/runs/study``) and, for the MTL methods, an explicit ``--stl DIR``: the STL
 ensemble of the same training setting (data options, batch size, epochs, optimizer, learning rate,
 seed) is scheduled once, before the first run that needs it, and never trained by two processes at
-once. A run whose ``results.json`` exists is skipped (the CLI would reuse it too). At most ``--jobs``
+once. A run whose ``results.json`` exists is skipped (the CLI would reuse it too); a run directory
+without one (a run stopped midway) is trained again from scratch (``--overwrite``). At most ``--jobs``
 (default 2) processes run at a time.
 
 Usage::
@@ -307,8 +308,13 @@ def execute(todo: list[Run], runs: Path, jobs: int) -> None:
             if stl is not None and not _finished(runs, stl):
                 continue  # wait for the reference (it is queued before r, or running)
             queue.remove(r)
+            cmd = r.command(runs)
+            if (runs / r.name).exists():
+                # An unfinished run (the driver or the machine stopped mid-run): start it over rather
+                # than resume, so that every recorded run is one uninterrupted process.
+                cmd.append("--overwrite")
             log = open(runs / "logs" / f"{r.name}.log", "w")  # noqa: SIM115 (closed when the process ends)
-            p = subprocess.Popen(r.command(runs), stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                  env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
             running[r] = (p, time.time(), log)
             print(f"{datetime.datetime.now():%H:%M:%S} start {r.name}", flush=True)
