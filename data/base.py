@@ -9,13 +9,14 @@ per-sample Python loop and no collate function. ``ds.tasks`` is the ordered tupl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from tensordict import TensorDict
 
-__all__ = ["Index", "TaskInfo", "Dataset", "TensorDataset", "as_index"]
+__all__ = ["Index", "TaskInfo", "Dataset", "TensorDataset", "as_index", "PaperDefaults"]
 
 Index = torch.Tensor | list[int] | slice | range
 
@@ -124,3 +125,52 @@ class TensorDataset:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n={len(self)}, tasks={list(self.tasks)})"
+
+
+@dataclass(frozen=True)
+class PaperDefaults:
+    """A benchmark's settings as the paper (and LibMTL, where the paper is silent) uses them.
+
+    One instance per benchmark lives in its loader module (``fmtl.data.dense.PAPER_DEFAULTS``,
+    ``fmtl.data.office.PAPER_DEFAULTS``, ``fmtl.data.multimnist.PAPER_DEFAULTS``) for the
+    problem registry and the README table to read. Every field is plain data.
+
+    Attributes:
+        benchmark: the benchmark's name (``fmtl.data.load`` name).
+        section: where the paper states it (e.g. ``"§4.1"``), or why it is not from the paper.
+        tasks: task names in task order; ``task_info[t]`` how each is scored (metrics, Δp
+            directions: :class:`TaskInfo`).
+        losses: ``{task: name of the loss in fmtl.losses}``.
+        model: the model's builder in ``fmtl.models`` and its keyword arguments.
+        batch_size, epochs: per step (per task for multi-input problems) and in total.
+        optimizer: ``{"name": "adam", "lr": …, "weight_decay": …}``.
+        scheduler: ``{"name": "step", "step_size": epochs, "gamma": factor}`` or
+            ``{"name": "none"}``.
+        image_size: (H, W) the images are used at.
+        multi_input: each task its own inputs and batches (Office).
+        splits: ``{"train": …, "val": …, "test": …}`` split names as loaded (``None``: none).
+        data: where to get the data and the on-disk layout (one line each).
+        notes: choices not in the paper, and deviations.
+
+    Example:
+        >>> from fmtl.data.dense import PAPER_DEFAULTS
+        >>> d = PAPER_DEFAULTS["nyuv2"]
+        >>> d.batch_size, d.epochs, d.optimizer["lr"], d.task_info["depth"].higher_is_better
+        (8, 200, 0.0001, (False, False))
+    """
+
+    benchmark: str
+    section: str
+    tasks: tuple[str, ...]
+    task_info: Mapping[str, TaskInfo]
+    losses: Mapping[str, str]
+    model: Mapping[str, Any]
+    batch_size: int
+    epochs: int
+    optimizer: Mapping[str, Any]
+    scheduler: Mapping[str, Any]
+    image_size: tuple[int, int] | None = None
+    multi_input: bool = False
+    splits: Mapping[str, str | None] = field(default_factory=lambda: {"train": "train", "val": "val", "test": "test"})
+    data: Mapping[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()

@@ -9,7 +9,20 @@ class-directory names of the first domain. Splits, per domain:
   from the permutation ``torch.Generator().manual_seed(epoch_seed(seed, d))`` for domain d.
 
 Images are decoded once with Pillow, resized to ``image_size``² (bilinear) and kept as uint8;
-batches are ImageNet-normalised float32.
+batches are ImageNet-normalised float32. ``streaming=True`` keeps only the file lists and decodes
+per item instead (a :class:`~fmtl.data.multi_input.MultiInputDataset` of
+:class:`~fmtl.data.images.ImageFiles`, batches ``{domain: {"x", "y"}}`` with each domain's own
+rows; stream it with :func:`fmtl.data.stream.loader`): Office-Home at 224² is 2.3 GB decoded.
+
+Getting the data: Office-31 (Saenko et al., 2010; 4,110 images, 3 domains × 31 classes) and
+Office-Home (Venkateswara et al., 2017; 15,500 images, 4 domains × 65 classes) from their
+authors' pages; LibMTL's ``examples/office/data_txt`` has the 60/20/20 split lists of the paper
+(``{domain}_{split}.txt``, ``relative/path label`` lines; put them in ``root``). Layouts::
+
+    office31/amazon/images/back_pack/frame_0001.jpg   (also dslr/, webcam/)
+    officehome/Art/Alarm_Clock/00001.jpg               (also Clipart/, Product/, "Real World"/)
+
+The paper's settings are :data:`PAPER_DEFAULTS` (§4.3).
 
 Batches: the domains have different sizes, so ``len(ds) = max_d n_d`` and ``ds[idx]`` holds one
 sub-TensorDict per domain, each with ``batch_size=[B]``: ``x`` float32 [B, 3, S, S], ``y`` long
@@ -28,20 +41,20 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
-from .base import Index, TaskInfo, as_index
+from .base import Index, PaperDefaults, TaskInfo, as_index
 from .batching import epoch_seed
 from .cache import cache_dir as default_cache_dir
 from .cache import load_tensors, save_tensors
+from .images import ImageFiles, decode_image, normalize_imagenet
+from .multi_input import MultiInputDataset
 
-__all__ = ["DOMAINS", "OfficeDataset", "load_office"]
+__all__ = ["DOMAINS", "OfficeDataset", "load_office", "office_items", "PAPER_DEFAULTS"]
 
 DOMAINS = {
     "office31": ("amazon", "dslr", "webcam"),
     "officehome": ("Art", "Clipart", "Product", "Real_World"),
 }
 _SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
-_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 _SPLIT_FRACTIONS = {"train": (0.0, 0.6), "val": (0.6, 0.8), "test": (0.8, 1.0)}
 
 
@@ -68,9 +81,7 @@ class OfficeDataset:
         out = {}
         for d in self.tasks:
             own = rows % self.sizes[d]
-            x = self.images[d][own].float().div_(255.0)
-            if self.normalize:
-                x = (x - _MEAN) / _STD
+            x = normalize_imagenet(self.images[d][own]) if self.normalize else self.images[d][own].float() / 255.0
             out[d] = TensorDict(
                 {"x": x, "y": self.labels[d][own], "mask": rows < self.sizes[d]}, [len(rows)]
             )
@@ -112,44 +123,21 @@ def _split_list(root: Path, domain: str, split: str) -> list[tuple[Path, int]] |
 
 
 def _decode(paths: list[Path], size: int) -> torch.Tensor:
-    from PIL import Image
-
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     for i, p in enumerate(paths):
-        with Image.open(p) as im:
-            out[i] = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+        out[i] = decode_image(p, size)
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
-def load_office(
-    split: str = "train",
-    root: str | os.PathLike[str] | None = None,
-    *,
-    name: str,
-    image_size: int = 224,
-    seed: int = 0,
-    normalize: bool = True,
-    cache: bool = True,
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> OfficeDataset:
-    """Load split ``split`` of Office-31 (``name="office31"``) or Office-Home (``"officehome"``).
-
-    Args:
-        split: ``"train"``, ``"val"`` or ``"test"``.
-        root: the dataset directory (required).
-        image_size: side length S of the resized images.
-        seed: seed of the 60/20/20 split (ignored for domains with a list file).
-        normalize: ImageNet mean/std normalisation of ``x``.
-        cache, cache_dir: cache decoded images (keyed by the file list and size) under
-            ``cache_dir`` (default ``$FMTL_CACHE`` or ``~/.cache/fmtl``).
+def office_items(
+    root: str | os.PathLike[str], name: str, split: str, seed: int = 0
+) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
+    """The class names and each domain's ``(path, label)`` list of one split (module docstring).
 
     Example:
-        >>> ds = load_office("train", "/data/office31", name="office31")  # doctest: +SKIP
-        >>> ds[[0, 1]]["amazon", "x"].shape  # doctest: +SKIP
-        torch.Size([2, 3, 224, 224])
+        >>> office_items("/data/office31", "office31", "train")  # doctest: +SKIP
+        (['back_pack', ...], {'amazon': [(PosixPath('.../frame_0001.jpg'), 0), ...], ...})
     """
-    if root is None:
-        raise ValueError(f"{name} needs root= (a local copy: root/<domain>/<class>/<image>)")
     if split not in _SPLIT_FRACTIONS:
         raise ValueError(f"{name} split must be train, val or test; got {split!r}")
     root = Path(root)
@@ -170,6 +158,46 @@ def load_office(
     for domain in domains:
         if not items[domain]:
             raise ValueError(f"{name}: the {split} split of {domain} is empty")
+    return classes, items
+
+
+def load_office(
+    split: str = "train",
+    root: str | os.PathLike[str] | None = None,
+    *,
+    name: str,
+    image_size: int = 224,
+    seed: int = 0,
+    normalize: bool = True,
+    cache: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    streaming: bool = False,
+) -> OfficeDataset | MultiInputDataset:
+    """Load split ``split`` of Office-31 (``name="office31"``) or Office-Home (``"officehome"``).
+
+    Args:
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        root: the dataset directory (required).
+        image_size: side length S of the resized images.
+        seed: seed of the 60/20/20 split (ignored for domains with a list file).
+        normalize: ImageNet mean/std normalisation of ``x``.
+        cache, cache_dir: cache decoded images (keyed by the file list and size) under
+            ``cache_dir`` (default ``$FMTL_CACHE`` or ``~/.cache/fmtl``).
+        streaming: return a per-item-decoding multi-input dataset instead (module docstring).
+
+    Example:
+        >>> ds = load_office("train", "/data/office31", name="office31")  # doctest: +SKIP
+        >>> ds[[0, 1]]["amazon", "x"].shape  # doctest: +SKIP
+        torch.Size([2, 3, 224, 224])
+    """
+    if root is None:
+        raise ValueError(f"{name} needs root= (a local copy: root/<domain>/<class>/<image>)")
+    domains = DOMAINS[name]
+    classes, items = office_items(root, name, split, seed)
+    info = TaskInfo("classification", ("accuracy",), (True,), num_classes=len(classes))
+    if streaming:
+        files = {d: ImageFiles(items[d], image_size, d, info, normalize) for d in domains}
+        return MultiInputDataset(files, dict.fromkeys(domains, info))
     key = hashlib.sha1(
         repr([(str(p), y) for d in domains for p, y in items[d]] + [image_size]).encode()
     ).hexdigest()[:16]
@@ -185,3 +213,40 @@ def load_office(
     images = {d: data[f"{d}_x"] for d in domains}
     labels = {d: data[f"{d}_y"] for d in domains}
     return OfficeDataset(name, images, labels, len(classes), normalize)
+
+
+_OFFICE_NOTES = (
+    "model: LibMTL's Office encoder, ResNet-18 + GAP + Linear(512, 512)-BN-ReLU-Dropout(0.5); the paper names "
+    "only the ResNet-18 and the linear heads",
+    "β of DB-MTL chosen by grid search in the paper (§4.1); not a default here",
+    "evaluation: each domain's split once (LibMTL), selection on validation Δp",
+)
+
+
+def _office_defaults(name: str, classes: int, domains: tuple[str, ...], where: str, layout: str) -> PaperDefaults:
+    info = TaskInfo("classification", ("accuracy",), (True,), num_classes=classes)
+    return PaperDefaults(
+        benchmark=name,
+        section="§4.3 (Implementation Details)",
+        tasks=domains,
+        task_info=dict.fromkeys(domains, info),
+        losses=dict.fromkeys(domains, "cross_entropy"),
+        model={"builder": "office_resnet18", "num_classes": classes, "weights": "torchvision resnet18 (ImageNet)"},
+        batch_size=64,
+        epochs=100,
+        optimizer={"name": "adam", "lr": 1e-4, "weight_decay": 1e-5},
+        scheduler={"name": "none"},
+        image_size=(224, 224),
+        multi_input=True,
+        data={"source": where, "layout": layout, "splits": "60/20/20 per domain (RLW; LibMTL's data_txt lists)"},
+        notes=_OFFICE_NOTES,
+    )
+
+
+#: The paper's Office-31 and Office-Home settings (§4.3): multi-input, ResNet-18, Adam 1e-4.
+PAPER_DEFAULTS: dict[str, PaperDefaults] = {
+    "office31": _office_defaults("office31", 31, DOMAINS["office31"], "Office-31 (Saenko et al., 2010)",
+                                 "root/{amazon,dslr,webcam}/images/<class>/<image>.jpg"),
+    "officehome": _office_defaults("officehome", 65, DOMAINS["officehome"], "Office-Home (Venkateswara et al., 2017)",
+                                   "root/{Art,Clipart,Product,Real World}/<class>/<image>.jpg"),
+}  # fmt: skip

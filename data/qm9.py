@@ -28,7 +28,7 @@ val = the next 10,000, train = the remaining 110,831 (the paper's "110,000" plus
 leftover molecules, which stay in train). Targets are standardised with the *train* mean/std
 (the same statistics for every split); the batch holds ``y = (target − mean) / std``.
 
-MAE in the paper's units: ``(pred − y).abs().mean(0) * ds.mae_scale`` where
+MAE in the paper's units: ``ds.mae(pred, y)`` = ``fmtl.metrics.mae(pred, y, ds.mae_scale)`` where
 ``mae_scale = target_std * report_scale`` (``report_scale`` is 1000 for the eV targets).
 """
 
@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from tensordict import TensorDict
 
+from ..metrics import mae
 from .base import Index, TaskInfo, as_index
 from .cache import cache_dir as default_cache_dir
 from .cache import load_tensors, save_tensors
@@ -359,8 +360,8 @@ class QM9:
         return self.denormalize(y) * self.report_scale.double()
 
     def mae(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-task MAE ``[T]`` in the paper's units of normalised ``pred``/``y`` ``[B, T]``."""
-        return (pred - y).abs().mean(0) * self.mae_scale.to(pred.device, pred.dtype)
+        """Per-task MAE ``[T]`` (float64) in the paper's units of normalised ``pred``/``y`` ``[B, T]``."""
+        return mae(pred, y, self.mae_scale)
 
     def __getitem__(self, index: Index) -> TensorDict:
         rows = as_index(index, len(self))

@@ -21,10 +21,31 @@ __all__ = [
     "mse",
     "mae",
     "make_loss_fn",
+    "make_multi_input_loss_fn",
+    "target",
+    "Where",
 ]
 
 Tensor = torch.Tensor
 Loss = Callable[[Tensor, Tensor], Tensor]
+#: Where a task's target lives in a batch: a column of ``batch["y"]`` (``int``) or a key (``str``, or a
+#: tuple for a nested key such as ``("y", "depth")``).
+Where = int | str | tuple[str, ...]
+
+
+def target(batch: TensorDict, where: Where) -> Tensor:
+    """Task t's target in ``batch``: column ``where`` of ``batch["y"]`` kept as ``[B, 1]``, or ``batch[where]``.
+
+    Example:
+        >>> import torch
+        >>> b = TensorDict({"y": torch.arange(6.0).view(3, 2), "seg": torch.zeros(3, 4)}, [3])
+        >>> target(b, 1).tolist(), target(b, "seg").shape
+        ([[1.0], [3.0], [5.0]], torch.Size([3, 4]))
+    """
+    if isinstance(where, int):
+        y = batch["y"]
+        return y.reshape(-1, 1) if y.dim() == 1 and where == 0 else y[:, where : where + 1]
+    return batch[where]
 
 
 def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -1) -> Tensor:
@@ -124,8 +145,9 @@ def make_loss_fn(
     apply: Callable[..., dict[str, Tensor]],
     losses: Mapping[str, Loss],
     *,
-    targets: Mapping[str, str | int] | None = None,
+    targets: Mapping[str, Where] | None = None,
     input_key: str | None = "x",
+    key: str | None = None,
 ) -> Callable[[TensorDict, TensorDict], Tensor]:
     """Builds the engine's ``loss_fn(params, batch) -> Tensor[T]`` from a model's ``apply``.
 
@@ -134,11 +156,15 @@ def make_loss_fn(
     Args:
         apply: a model's pure ``apply(params, x) -> {task: prediction}``.
         losses: ``{task: loss(pred, target)}`` in task order (must match ``params["tasks"]``).
-        targets: where task t's target lives: a key of the batch (``str``) or a column of
-            ``batch["y"]`` (``int``; the column is kept as [B, 1] to match a width-1 head).
-            Default: the task's position in ``losses`` as a column of ``batch["y"]``.
+        targets: where task t's target lives (:func:`target`): a key of the batch (``str`` or a
+            nested-key tuple) or a column of ``batch["y"]`` (``int``; the column is kept as [B, 1]
+            to match a width-1 head). Default: the task's position in ``losses`` as a column of
+            ``batch["y"]``.
         input_key: batch key of the model input; ``None`` passes the whole batch (graph
             models such as :func:`fmtl.models.qm9_gnn`).
+        key: batch key of the per-sample dropout seeds (int64 [B]) passed as
+            ``apply(..., key=batch[key])`` when the batch has it (:mod:`fmtl.models._core`);
+            ``None``: never.
 
     Example:
         >>> import torch
@@ -151,17 +177,77 @@ def make_loss_fn(
         torch.Size([2])
     """
     names = list(losses)
-    where: dict[str, str | int] = {t: i for i, t in enumerate(names)}
+    where: dict[str, Where] = {t: i for i, t in enumerate(names)}
     where.update(dict(targets or {}))
     fns = [losses[t] for t in names]
 
     def loss_fn(params: TensorDict, batch: TensorDict) -> Tensor:
-        out = apply(params, batch if input_key is None else batch[input_key])
+        x = batch if input_key is None else batch[input_key]
+        seeds = batch.get(key, None) if key is not None else None
+        out = apply(params, x) if seeds is None else apply(params, x, key=seeds)
         ls = []
         for t, fn in zip(names, fns, strict=True):
-            w = where[t]
-            y = batch["y"][:, w : w + 1] if isinstance(w, int) else batch[w]
-            ls.append(fn(out[t], y))
+            ls.append(fn(out[t], target(batch, where[t])))
+        return torch.stack(ls)
+
+    return loss_fn
+
+
+def make_multi_input_loss_fn(
+    apply: Callable[..., dict[str, Tensor]],
+    losses: Mapping[str, Loss],
+    *,
+    input_key: str = "x",
+    target_key: str = "y",
+    key: str | None = None,
+) -> Callable[[TensorDict, TensorDict], Tensor]:
+    """``loss_fn(params, batch) -> Tensor[T]`` of a multi-input problem: task t sees only ``batch[t]``.
+
+    Multi-input MTL (LibMTL's ``multi_input``; Office-31/Office-Home, paper §4.3): every task
+    has its own inputs and batch B_t, and
+
+    .. math:: ℓ_t(θ, ψ_t; B_t) = ℓ_t\big(\\hat y_t(θ, ψ_t; x_{B_t}), y_{B_t}\big), \\qquad
+              ℓ = (ℓ_1, …, ℓ_T)
+
+    ``batch`` is a TensorDict of per-task sub-batches ``{t: {input_key, target_key, …}}``
+    (sizes may differ: give the outer TensorDict ``batch_size=[]``). The model runs once per
+    task on that task's inputs and only head t's output is used, so BatchNorm normalizes with
+    each task's own batch statistics (as LibMTL's per-task forwards) and ∂ℓ_s/∂ψ_t = 0 for
+    s ≠ t. The engine treats ``batch`` as opaque: every balancer and task-gradient strategy
+    applies unchanged. Running statistics: :func:`fmtl.models.update_buffers_per_task` (once
+    per task's sub-batch, as LibMTL's BatchNorm updates them T times per step).
+
+    Args:
+        apply: the model's pure ``apply(params, x) -> {task: prediction}``.
+        losses: ``{task: loss(pred, target)}`` in task order.
+        input_key, target_key: keys inside each task's sub-batch.
+        key: key of each sub-batch's per-sample dropout seeds (``None``: no dropout).
+
+    Example:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from fmtl.models import mlp_hps
+        >>> m = mlp_hps(3, hidden=(4,), tasks={"a": 2, "b": 2}, seed=0)
+        >>> loss_fn = make_multi_input_loss_fn(m.apply, {"a": cross_entropy, "b": cross_entropy})
+        >>> batch = TensorDict({"a": {"x": torch.randn(5, 3), "y": torch.randint(0, 2, (5,))},
+        ...                     "b": {"x": torch.randn(2, 3), "y": torch.randint(0, 2, (2,))}}, [])
+        >>> loss_fn(m.params, batch).shape
+        torch.Size([2])
+    """
+    names = list(losses)
+    fns = [losses[t] for t in names]
+
+    def loss_fn(params: TensorDict, batch: TensorDict) -> Tensor:
+        missing = [t for t in names if t not in batch.keys()]
+        if missing:
+            raise KeyError(f"multi-input batch lacks the sub-batches of tasks {missing}; it has {list(batch.keys())}")
+        ls = []
+        for t, fn in zip(names, fns, strict=True):
+            sub = batch[t]
+            seeds = sub.get(key, None) if key is not None else None
+            x = sub[input_key]
+            out = apply(params, x) if seeds is None else apply(params, x, key=seeds)
+            ls.append(fn(out[t], sub[target_key]))
         return torch.stack(ls)
 
     return loss_fn

@@ -20,7 +20,7 @@ __all__ = [
     "SegState", "seg_init", "seg_update", "seg_compute",
     "DepthState", "depth_init", "depth_update", "depth_compute",
     "NormalState", "normal_init", "normal_update", "normal_compute",
-    "MAEState", "mae_init", "mae_update", "mae_compute",
+    "MAEState", "mae_init", "mae_update", "mae_compute", "mae",
     "AccuracyState", "accuracy_init", "accuracy_update", "accuracy_compute",
     "delta_p", "delta_p_tasks",
 ]  # fmt: skip
@@ -308,6 +308,21 @@ def mae_compute(state: MAEState) -> list[float]:
         [1.0, 2.0]
     """
     return (state.abs_err / state.count.clamp_min(1)).tolist()
+
+
+def mae(pred: Tensor, target: Tensor, scale: Tensor | None = None) -> Tensor:
+    """Per-column MAE of one batch [B, T] as a float64 tensor [T] (the streaming metric in one call).
+
+    .. math:: \\mathrm{MAE}_t = \\frac{1}{B}\\sum_b s_t |\\hat y_{b,t} − y_{b,t}|
+
+    Example:
+        >>> import torch
+        >>> mae(torch.zeros(2, 2), torch.tensor([[1.0, 2.0], [3.0, 4.0]]), scale=torch.tensor([1.0, 10.0]))
+        tensor([ 2., 30.], dtype=torch.float64)
+    """
+    cols = target.reshape(target.shape[0], -1).shape[1]
+    s = mae_update(mae_init(cols), pred, target, scale)
+    return s.abs_err / s.count.clamp_min(1)
 
 
 class AccuracyState(NamedTuple):

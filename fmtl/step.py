@@ -10,23 +10,32 @@ from tensordict import TensorDict
 from torch.func import vjp
 from torch.utils import _pytree as pytree
 
+from . import rng
 from .base import Balancer, TaskGradients
-from .optim import Optimizer
+from .optim import Optimizer, require_functional
 from .params import check_params, task_names
 from .task_gradients import LossFn, checked_loss, task_gradients
 from .tree import gramian, leaves, row_norms
 
-__all__ = ["StepState", "Step", "make_step", "Reduce"]
+__all__ = ["StepState", "Step", "make_step", "Reduce", "BufferUpdate"]
 
 Reduce = Callable[[Any], Any]
+#: ``update_buffers(params, buffers, batch) -> buffers``: running statistics after one batch.
+BufferUpdate = Callable[[TensorDict, Any, Any], Any]
 
 
 class StepState(NamedTuple):
-    """The step's state: its count (0-d int64), the balancer's and the optimizer's states."""
+    """The step's state: its count (0-d int64), the balancer's and optimizer's states, the model's buffers.
+
+    ``buffers`` holds what the model carries besides its parameters (BatchNorm running
+    statistics), ``()`` for a model without any; it travels with the state so that the step stays
+    ``(params, state, batch) -> (params, state, info)`` and checkpoints hold it like any state.
+    """
 
     count: torch.Tensor
     balancer: Any
     optimizer: Any
+    buffers: Any = ()
 
 
 class Step:
@@ -47,11 +56,21 @@ def _structure(tree: Any) -> Any:
 
 
 def _signature(params: TensorDict) -> tuple:
-    return tuple((k, tuple(v.shape), v.dtype) for k, v in params.items(True, True))
+    return tuple((k, tuple(v.shape), v.dtype, v.device) for k, v in params.items(True, True))
 
 
 def _state_layout(state: Any) -> tuple:
-    return _structure(state), [tuple(x.shape) for x in pytree.tree_leaves(state)]
+    return _structure(state), [(tuple(x.shape), x.dtype, x.device) for x in pytree.tree_leaves(state)]
+
+
+def _layout_mismatch(state: Any, got: tuple, want: tuple) -> str:
+    """What differs between two state layouts, in words (the first differing leaf, if any)."""
+    if got[0] == want[0] and len(got[1]) == len(want[1]):
+        paths = [pytree.keystr(path) for path, _ in pytree.tree_flatten_with_path(state)[0]]
+        for path, (gs, gd, gv), (ws, wd, wv) in zip(paths, got[1], want[1], strict=True):
+            if (gs, gd, gv) != (ws, wd, wv):
+                return f"state{path} is {list(gs)} {gd} on {gv}, step.init(params) makes {list(ws)} {wd} on {wv}"
+    return "it was built for parameters of another structure or task count"
 
 
 def _check_state(params: TensorDict, state: Any, init: Callable, layouts: dict | None = None) -> None:
@@ -65,23 +84,28 @@ def _check_state(params: TensorDict, state: Any, init: Callable, layouts: dict |
         want = _state_layout(init(params))
         if layouts is not None:
             layouts[key] = want
-    if _state_layout(state) != want:
+    bare = state._replace(buffers=())  # the model's buffers are checked by the buffer update itself
+    got = _state_layout(bare)
+    if got != want:
         raise ValueError(
-            "state does not match params: it was built for parameters of another structure or "
-            "task count; build it with step.init(params)"
+            f"state does not match params: {_layout_mismatch(bare, got, want)}; build it with step.init(params)"
         )
 
 
-def _nonfinite_error(names: list[str], losses: torch.Tensor, norms: torch.Tensor) -> str:
+def _nonfinite_error(
+    names: list[str], losses: torch.Tensor, finite_grads: torch.Tensor | None = None, updates: TensorDict | None = None
+) -> str:
     bad_loss = [n for n, ok in zip(names, torch.isfinite(losses).tolist(), strict=True) if not ok]
-    bad_grad = [n for n, ok in zip(names, torch.isfinite(norms).tolist(), strict=True) if not ok]
+    bad_grad = [] if finite_grads is None else [n for n, ok in zip(names, finite_grads.tolist(), strict=True) if not ok]
     parts = []
     if bad_loss:
         parts.append(f"non-finite loss in tasks {bad_loss}")
     if bad_grad:
         parts.append(f"non-finite gradient in tasks {bad_grad}")
     if not parts:
-        parts.append("the balanced update is non-finite")
+        items = [] if updates is None else updates.items(True, True)
+        bad = [".".join(k) for k, v in items if not torch.isfinite(v).all()]
+        parts.append(f"the balanced update is non-finite in {bad}" if bad else "the balanced update is non-finite")
     return "; ".join(parts) + " (params and state left unchanged)"
 
 
@@ -96,6 +120,11 @@ def _select(ok: torch.Tensor, new: Any, old: Any) -> Any:
 def _finite_rows(J: TensorDict) -> torch.Tensor:
     """``Tensor[T]`` of bools: row t of the task-stacked ``J`` holds only finite numbers."""
     return torch.stack([torch.isfinite(v.reshape(v.shape[0], -1)).all(1) for v in leaves(J)]).all(0)
+
+
+def _finite_heads(tasks: TensorDict, names: list[str]) -> torch.Tensor:
+    """``Tensor[T]`` of bools: every leaf of ∇ψ_t ℓ_t is finite (error path only: it syncs per leaf)."""
+    return torch.tensor([all(bool(torch.isfinite(v).all()) for v in leaves(tasks[n])) for n in names])
 
 
 def _all_finite(td: TensorDict) -> torch.Tensor:
@@ -115,6 +144,7 @@ def make_step(
     strategy: str = "auto",
     chunk_size: int | None = None,
     diagnostics: bool = False,
+    update_buffers: BufferUpdate | None = None,
 ) -> Step:
     """Builds the pure MTL training step ``step(params, state, batch) -> (params, state, info)``.
 
@@ -137,10 +167,12 @@ def make_step(
     ``diagnostics=True``.
 
     Bad input: eager calls raise — wrong loss shape or task count (``ValueError``), a state
-    that does not match the params (``ValueError``), a negative loss under a log transform
-    (``ValueError`` naming the task), a non-finite loss or gradient (``FloatingPointError``
-    naming the tasks). A compiled step cannot raise on values: it returns params and state
-    unchanged and ``info["ok"] = False`` instead. Inputs are never mutated.
+    that does not match the params in structure, shape, dtype or device (``ValueError`` naming
+    the first leaf that differs), a negative loss under a log transform (``ValueError`` naming
+    the task), a non-finite loss, shared or head gradient (``FloatingPointError`` naming the
+    tasks), a non-finite update (``FloatingPointError`` naming the parameters). A compiled step
+    cannot raise on values: it returns params and state unchanged and ``info["ok"] = False``
+    instead. Inputs are never mutated.
 
     Args:
         loss_fn: ``loss_fn(params, batch) -> Tensor[T]``.
@@ -152,6 +184,15 @@ def make_step(
         strategy, chunk_size: passed to :func:`task_gradients`.
         diagnostics: also compute the cosines (and, for loss balancers, the task gradients
             and their norms); the update is the same either way.
+        update_buffers: ``update_buffers(params, buffers, batch) -> buffers`` for a model with
+            running statistics (BatchNorm), e.g. ``lambda p, b, batch: model.update(p, b, batch["x"])``
+            with ``model = fmtl.functionalize(...)``; ``step.init(params, model.buffers)`` puts
+            them in ``state.buffers``. The gradient pass normalizes with batch statistics (pure);
+            the running statistics are then updated once per step, outside the gradient pass,
+            by this no-grad forward at the step's input params (as ``nn.BatchNorm`` does in the
+            training forward). Eagerly it replays the random state of the step's first forward,
+            so its dropout masks are the gradient pass's; a compiled step cannot read the random
+            state (dynamo does not trace ``torch.get_rng_state``) and draws its own masks there.
 
     Example:
         >>> import torch, fmtl
@@ -169,15 +210,17 @@ def make_step(
         >>> sorted(info)
         ['cosine', 'grad_norms', 'losses', 'ok', 'weights']
     """
+    optimizer = require_functional(optimizer)  # a torch.optim object is pointed at fmtl.TorchOptimizer
     loss_only = balancer.loss_weights is not None
     with_diagnostics = bool(diagnostics)
 
     layouts: dict = {}
 
-    def init(params: TensorDict) -> StepState:
+    def init(params: TensorDict, buffers: Any = ()) -> StepState:
         check_params(params)
         count = torch.zeros((), dtype=torch.int64, device=next(iter(leaves(params))).device)
-        return StepState(count, balancer.init(params, len(task_names(params))), optimizer.init(params))
+        buffers = () if buffers is None else buffers
+        return StepState(count, balancer.init(params, len(task_names(params))), optimizer.init(params), buffers)
 
     def gradient_method(params, state, batch):
         grads = task_gradients(loss_fn, params, batch, strategy=strategy, chunk_size=chunk_size)
@@ -202,11 +245,10 @@ def make_step(
             heads_ok = _all_finite(grads.tasks) if leaves(grads.tasks) else True
             if not bool(torch.isfinite(grads.losses).all() & torch.isfinite(norms).all()) or not bool(heads_ok):
                 # ‖J_t‖² overflows for huge but finite gradients: only the error path looks leaf by leaf
-                finite_rows = _finite_rows(grads.shared)
-                if not bool(finite_rows.all() & torch.isfinite(grads.losses).all()) or not bool(heads_ok):
-                    raise FloatingPointError(
-                        _nonfinite_error(task_names(params), grads.losses, norms.masked_fill(finite_rows, 0.0))
-                    )
+                names = task_names(params)
+                finite = _finite_rows(grads.shared) & _finite_heads(grads.tasks, names)
+                if not bool(finite.all() & torch.isfinite(grads.losses).all()):
+                    raise FloatingPointError(_nonfinite_error(names, grads.losses, finite))
         return balancer.update(grads, state.balancer, params)
 
     def loss_method(params, state, batch):
@@ -214,7 +256,7 @@ def make_step(
         losses, pullback = vjp(checked_loss(loss_fn, batch, names), params)
         global_losses = reduce(losses) if reduce is not None else losses
         if not torch.compiler.is_compiling() and not bool(torch.isfinite(global_losses).all()):
-            raise FloatingPointError(_nonfinite_error(names, global_losses, torch.zeros_like(global_losses)))
+            raise FloatingPointError(_nonfinite_error(names, global_losses))
         w, bstate, binfo = balancer.loss_weights(global_losses.detach(), state.balancer, params)
         (g,) = pullback(w.to(losses.dtype))
         if reduce is not None:
@@ -233,6 +275,9 @@ def make_step(
             _check_state(params, state, init, layouts)
         names = task_names(params)
         T = len(names)
+        device = next(iter(leaves(params))).device
+        replay = update_buffers is not None and not compiling
+        before = rng.get(device) if replay else None
         if loss_only:
             losses, grads, g, bstate, binfo = loss_method(params, state, batch)
             G, norms = _norms(grads)
@@ -247,13 +292,21 @@ def make_step(
             cosine = _nans(losses, T, T)
         updates, ostate = optimizer.update(g, state.optimizer, params)
         new_params = params + updates
-        new_state = StepState(state.count + 1, bstate, ostate)
+        new_buffers = state.buffers
+        if update_buffers is not None:
+            after = rng.get(device) if replay else None
+            if replay:
+                rng.set(before, device)  # the masks of the step's first forward
+            new_buffers = update_buffers(params, state.buffers, batch)
+            if replay:
+                rng.set(after, device)
+        new_state = StepState(state.count + 1, bstate, ostate, new_buffers)
         ok = torch.isfinite(losses).all() & _all_finite(updates)
         if compiling:
             new_params = _select(ok, new_params, params)
             new_state = _select(ok, new_state, state)
         elif not bool(ok):
-            raise FloatingPointError(_nonfinite_error(names, losses, norms if grads is not None else losses * 0))
+            raise FloatingPointError(_nonfinite_error(names, losses, updates=updates))
         info = {**binfo, "losses": losses.detach(), "grad_norms": norms, "cosine": cosine, "ok": ok}
         return new_params, new_state, info
 

@@ -156,7 +156,10 @@ def choose_strategy(loss_fn: Callable, params: TensorDict, batch: Any, *, chunk_
         return cached
     from .task_gradients import task_gradients
 
-    chosen = _measure(lambda s: task_gradients(loss_fn, params, batch, chunk_size=chunk_size, strategy=s))
+    # Timing runs the forward several times: it must not move the caller's random stream (dropout).
+    device = next(iter(params.values(True, True))).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        chosen = _measure(lambda s: task_gradients(loss_fn, params, batch, chunk_size=chunk_size, strategy=s))
     _DECISIONS[key] = chosen
     return chosen
 

@@ -114,7 +114,10 @@ def _vmap_grad(f: Callable, params: TensorDict, T: int, chunk_size: int | None):
     dtype = next(iter(params.values(True, True))).dtype
     device = next(iter(params.values(True, True))).device
     eye = torch.eye(T, dtype=dtype, device=device)
-    J, losses = vmap(grad(one, has_aux=True), in_dims=(None, 0), chunk_size=chunk_size)(
+    # randomness="same": the T copies of the forward draw one set of random numbers (one dropout
+    # mask per sample, shared by all T task gradients, as in the single forward of the other
+    # strategies). With chunk_size, torch replays the CPU generator for every chunk, not CUDA's.
+    J, losses = vmap(grad(one, has_aux=True), in_dims=(None, 0), chunk_size=chunk_size, randomness="same")(
         params, eye
     )
     return losses[0], J

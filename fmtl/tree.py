@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from tensordict import TensorDict
 
-__all__ = ["leaves", "row_sq_norms", "row_norms", "gramian", "combine", "scale_rows", "rows_dot"]
+__all__ = ["leaves", "leaves_at", "with_leaves", "row_sq_norms", "row_norms", "gramian", "combine", "scale_rows",
+           "rows_dot"]
 
 
 def leaves(td: TensorDict) -> list[torch.Tensor]:
@@ -22,6 +23,36 @@ def leaves(td: TensorDict) -> list[torch.Tensor]:
         [tensor([0., 0.]), tensor([1.])]
     """
     return list(td.values(include_nested=True, leaves_only=True))
+
+
+def leaves_at(td: TensorDict, keys: list) -> list[torch.Tensor]:
+    """The leaves of ``td`` at ``keys`` (e.g. ``list(params.keys(True, True))``), in that order.
+
+    Two trees with the same keys may list them in different orders; multi-tensor kernels pair
+    leaves by position, so they take every tree's leaves in one tree's key order.
+
+    Example:
+        >>> a = TensorDict({"x": torch.zeros(1), "y": torch.ones(1)}, [])
+        >>> b = TensorDict({"y": torch.full((1,), 2.0), "x": torch.full((1,), 3.0)}, [])
+        >>> leaves_at(b, list(a.keys(True, True)))
+        [tensor([3.]), tensor([2.])]
+    """
+    return [td.get(k) for k in keys]
+
+
+def with_leaves(like: TensorDict, values: list[torch.Tensor]) -> TensorDict:
+    """A TensorDict shaped like ``like`` holding ``values`` in its key order (:func:`leaves`; compiles).
+
+    The inverse of :func:`leaves`: multi-tensor kernels (``torch._foreach_*``) work on the leaf
+    lists, and this puts their outputs back into the tree.
+
+    Example:
+        >>> td = TensorDict({"a": torch.zeros(2), "b": {"c": torch.ones(1)}}, [])
+        >>> with_leaves(td, [torch.tensor([1.0, 2.0]), torch.tensor([3.0])])["b", "c"]
+        tensor([3.])
+    """
+    it = iter(values)
+    return like.apply(lambda _: next(it))
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,11 @@
 """fmtl.models: multi-task models as pure ``(params, apply, buffers)`` triples.
 
+Architectures (each over any encoder factory of :mod:`fmtl.models.blocks` and a head factory):
+:func:`hps`, :func:`mtan`, :func:`cross_stitch`, :func:`mmoe`, :func:`cgc`, :func:`ple`,
+:func:`dselect_k`, :func:`ltb`. The paper's models: :func:`deeplab` (NYUv2, Cityscapes:
+dilated ResNet-50 + ASPP), :func:`segnet` (Table 6), :func:`office_resnet18` (Office-31/Home),
+:func:`qm9_gnn`; ImageNet weights from a local torchvision file with :func:`with_weights`.
+
 Every constructor takes sizes and a seed (int or ``torch.Generator``) and returns a
 :class:`Model`. ``params`` is a TensorDict with ``"shared"`` (θ, the encoder) and
 ``"tasks"`` (ψ_t, one head per task, in task order); ``apply(params, x)`` is pure and
@@ -18,15 +24,27 @@ state inside ``apply``:
 Models without BatchNorm have ``buffers=None`` and ignore ``buffers`` / ``train``.
 """
 
-from ._core import Model, generator, update_buffers
-from .dense import NYUV2_TASKS, cross_stitch, encoder_decoder, mtan
+from ._core import Model, generator, update_buffers, update_buffers_per_task
+from .cgc import cgc
+from .cross_stitch import cross_stitch
+from .deeplab import aspp_head, deeplab
+from .dense import NYUV2_TASKS, encoder_decoder
+from .dselect_k import dselect_k
 from .gnn import QM9_TASKS, qm9_gnn
+from .hps import hps
+from .ltb import ltb, ltb_temperature
 from .mlp import mlp_hps
-from .resnet import load_torchvision_weights, resnet, resnet18
+from .mmoe import mmoe
+from .mtan import mtan
+from .office import office_resnet18
+from .ple import ple
+from .resnet import load_torchvision_weights, resnet, resnet18, resnet50, resnet_encoder, with_weights
+from .segnet import segnet, segnet_encoder
 
 __all__ = [
     "Model",
     "update_buffers",
+    "update_buffers_per_task",
     "generator",
     "mlp_hps",
     "qm9_gnn",
@@ -34,6 +52,21 @@ __all__ = [
     "resnet",
     "resnet18",
     "load_torchvision_weights",
+    "with_weights",
+    "resnet50",
+    "resnet_encoder",
+    "hps",
+    "deeplab",
+    "aspp_head",
+    "office_resnet18",
+    "segnet",
+    "segnet_encoder",
+    "mmoe",
+    "cgc",
+    "ple",
+    "dselect_k",
+    "ltb",
+    "ltb_temperature",
     "encoder_decoder",
     "mtan",
     "cross_stitch",

@@ -9,8 +9,8 @@ import pytest
 from _train_helpers import TINY, results
 
 from fmtl import balancers
-from fmtl.cli import main
-from fmtl.config import load_toml
+from fmtl.train.cli import main
+from fmtl.train.config import load_toml
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -102,7 +102,7 @@ def test_nan_stops_with_the_last_good_checkpoint_intact(tmp_path, capsys):
     assert code == 3
     err = capsys.readouterr().err
     assert "step 2" in err and "non-finite loss" in err and "t0" in err and "intact" in err
-    from fmtl.checkpoint import load
+    from fmtl.train.checkpoint import load
 
     ck = load(tmp_path / "run" / "checkpoint.pt")
     assert ck["position"]["step"] == 1
@@ -134,8 +134,12 @@ def test_compare_builds_the_table(tmp_path, capsys):
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     assert [r.split("|")[1].strip() for r in rows[1:]] == ["stl", "ew", "dbmtl"]
     assert "±" in md and "**" in md
+    assert "**" not in rows[1] and "0 (reference)" in rows[1]  # STL is the reference, never the best
     csv_rows = (out / "table.csv").read_text().splitlines()
-    assert csv_rows[0].startswith("method,t0_mse") and len(csv_rows) == 4
+    # per-seed values, then the mean and std over seeds, for each of stl, ew, dbmtl
+    assert csv_rows[0].startswith("method,seed,t0_mse") and len(csv_rows) == 1 + 3 * 4
+    assert [r.split(",")[1] for r in csv_rows[1:5]] == ["0", "1", "mean", "std"]
+    assert (out / "table.tex").read_text().startswith("\\begin{table}")
     assert (out / "delta_p.png").read_bytes()[:8] == PNG
     for m in ("ew", "dbmtl"):
         for s in (0, 1):

@@ -188,3 +188,36 @@ def test_huge_but_finite_gradients_are_not_called_non_finite():
     new, _, info = step(params, step.init(params), batch)
     assert bool(info["ok"]) and torch.isinf(info["grad_norms"]).all()
     assert all(torch.isfinite(v).all() for v in new.values(True, True))
+
+
+@pytest.mark.parametrize("method", ["dbmtl", "ew"])
+def test_state_of_another_dtype_or_device_is_refused_naming_both(method):
+    params, loss_fn, batch, _ = toy_problem(num_tasks=2, dtype=torch.float32)
+    step = fmtl.make_step(loss_fn, fmtl.balancers.get(method), fmtl.optim.adam(1e-2))
+    state = step.init(params)
+    wide = step.init(params.apply(lambda v: v.double()))
+    with pytest.raises(ValueError, match="state does not match params: state.* torch.float64 on cpu, "
+                                         "step.init\\(params\\) makes .* torch.float32 on cpu"):  # fmt: skip
+        step(params, wide, batch)
+    meta = torch.utils._pytree.tree_map(lambda x: x.to("meta"), state)
+    with pytest.raises(ValueError, match="does not match params: .* on meta, step.init\\(params\\) makes .* on cpu"):
+        step(params, meta, batch)
+    step(params, state, batch)  # the state of these params is accepted
+
+
+@pytest.mark.parametrize("method", ["gls", "rlw", "uw", "dwa", "imtl_l", "famo"])
+def test_loss_balancer_step_equals_its_update_on_the_full_jacobian(method):
+    """The one-backward path (Σ_t w_t ℓ_t) applies the balancer's weights exactly as its ``update``
+    does on the T task gradients; EW's weights are all 1, so only other methods can tell."""
+    params, loss_fn, batch, _ = toy_problem(num_tasks=3)
+    balancer = fmtl.balancers.get(method)
+    as_gradient = fmtl.Balancer(balancer.init, balancer.update, None)  # forces the task-Jacobian path
+    one, full = (fmtl.make_step(loss_fn, b, fmtl.optim.sgd(0.1)) for b in (balancer, as_gradient))
+    pa = pb = params
+    sa = sb = one.init(params)
+    for _ in range(4):  # DWA's and the learned weights move from 1 after the first steps
+        pa, sa, ia = one(pa, sa, batch)
+        pb, sb, ib = full(pb, sb, batch)
+        torch.testing.assert_close(ia["weights"], ib["weights"], rtol=1e-12, atol=0)
+        assert_trees_close(pa, pb, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(ia["weights"], torch.ones(3, dtype=ia["weights"].dtype))

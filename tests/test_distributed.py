@@ -310,8 +310,8 @@ def _train_cli_missing() -> str:
     """Why the ``fmtl train`` end-to-end test cannot run yet ("" when it can)."""
     import importlib.util
 
-    if importlib.util.find_spec("fmtl.cli") is None or importlib.util.find_spec("fmtl.__main__") is None:
-        return "fmtl train does not exist yet (no fmtl/cli.py or fmtl/__main__.py)"
+    if importlib.util.find_spec("fmtl.train.cli") is None or importlib.util.find_spec("fmtl.__main__") is None:
+        return "fmtl train does not exist yet (no fmtl/train/cli.py or fmtl/__main__.py)"
     import subprocess
     import sys
 

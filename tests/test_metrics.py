@@ -320,3 +320,49 @@ def test_delta_p_spot_values():
     assert M.delta_p(*rows["EW"]) == pytest.approx(-2.05, abs=0.05)
     assert M.delta_p(*rows["Nash-MTL"]) == pytest.approx(-1.11, abs=0.05)
     assert math.isfinite(M.delta_p(*rows["DB-MTL"]))
+
+
+# ---------------------------------------------------------------------------- hand-computed values
+
+
+def _logits(pred: list[int], classes: int) -> torch.Tensor:
+    """[1, C, 1, P] logits whose argmax over C is ``pred``."""
+    return F.one_hot(torch.tensor(pred), classes).T.float()[None, :, None, :]
+
+
+def test_segmentation_hand_computed_with_ignored_and_absent_classes():
+    # targets 0 0 1 1 -1 0, predictions 0 1 1 1 2 2 (the -1 pixel is ignored)
+    # conf = [[1, 1, 1], [0, 2, 0], [0, 0, 0]] (+ an absent 4th class: 0/0, left out)
+    # IoU: 1/(3+1-1) = 1/3, 2/(2+3-2) = 2/3, 0/(0+1-0) = 0 -> mIoU 1/3; PAcc 3/5
+    target = torch.tensor([[[0, 0, 1, 1, -1, 0]]])
+    s = M.seg_update(M.seg_init(4), _logits([0, 1, 1, 1, 2, 2], 4), target)
+    assert s.conf[:3, :3].tolist() == [[1, 1, 1], [0, 2, 0], [0, 0, 0]] and s.conf[3].sum() == 0
+    assert M.seg_compute(s) == pytest.approx((100 / 3, 60.0))
+
+
+def test_depth_hand_computed_skips_missing_pixels():
+    pred = torch.tensor([[[[1.0, 2.0, 3.0, 4.0]]]])
+    target = torch.tensor([[[[2.0, 0.0, 1.0, 5.0]]]])  # the second pixel has no depth
+    # |e| = 1, 2, 1 -> AErr 4/3; |e|/d = 1/2, 2, 1/5 -> RErr 0.9; the L1 loss is AErr
+    assert M.depth_compute(M.depth_update(M.depth_init(), pred, target)) == pytest.approx((4 / 3, 0.9))
+    assert L.depth_l1(pred, target).item() == pytest.approx(4 / 3)
+
+
+def test_normals_hand_computed_angles_median_and_thresholds():
+    angles = [0.0, 10.0, 20.0, 45.0, 90.0]
+    rad = torch.tensor(angles, dtype=torch.float64).deg2rad()
+    pred = torch.stack([rad.sin(), torch.zeros(5, dtype=torch.float64), rad.cos()]) * 3.0  # any length
+    pred = torch.cat([pred, torch.tensor([[1.0], [1.0], [0.0]], dtype=torch.float64)], dim=1)[None, :, None]
+    target = torch.zeros(1, 3, 1, 6, dtype=torch.float64)
+    target[0, 2, 0, :5] = 1.0  # the sixth pixel has no normal (Σ_c n = 0): ignored
+    # mean 33°, median 20°, < 11.25°: 2/5, < 22.5°: 3/5, < 30°: 3/5
+    got = M.normal_compute(M.normal_update(M.normal_init(), pred, target))
+    assert got == pytest.approx((33.0, 20.0, 40.0, 60.0, 60.0))
+    cos = rad.cos()
+    assert L.normal_cosine(pred, target).item() == pytest.approx(1 - cos.mean().item())
+
+
+def test_accuracy_hand_computed_with_ignored_labels():
+    logits = F.one_hot(torch.tensor([0, 2, 1, 1]), 3).float()
+    s = M.accuracy_update(M.accuracy_init(), logits, torch.tensor([0, 1, 1, -1]))  # 2 of 3 counted right
+    assert (s.correct.item(), s.count.item()) == (2, 3) and M.accuracy_compute(s) == pytest.approx(200 / 3)

@@ -9,8 +9,8 @@ from tensordict import TensorDict
 import fmtl
 from fmtl.losses import make_loss_fn, mse
 from fmtl.models import mlp_hps
-from fmtl.stl import ensemble, member
-from fmtl.train import train
+from fmtl.train import Problem, train
+from fmtl.train.stl import ensemble, member
 
 TASKS = ("a", "b", "c")
 
@@ -29,9 +29,17 @@ def _problem(seed: int = 0):
     return m, loss_fn, batches
 
 
+def _stl(m, batches):
+    """The STL ensemble of the model's problem: (stacked params, ensemble loss, ensemble predict)."""
+    splits = {s: batches[0] for s in ("train", "val", "test")}
+    problem = Problem.from_model(m, splits, {t: mse for t in TASKS}, {t: "mse" for t in TASKS}, name="toy")
+    stl = ensemble(problem)
+    return stl.params, stl.loss_fn, lambda p, b: stl.predict(p, stl.buffers, b)
+
+
 def test_member_losses_and_predictions_are_each_models_own():
     m, loss_fn, batches = _problem()
-    p, ens_loss, ens_predict = ensemble(m.params, m.apply, loss_fn, TASKS)
+    p, ens_loss, ens_predict = _stl(m, batches)
     # make the members differ so a mix-up between members would show
     p["shared", "members"] = p["shared", "members"].apply(
         lambda x: x + torch.arange(3, dtype=x.dtype).view(3, *([1] * (x.dim() - 1))) * 0.1
@@ -46,7 +54,7 @@ def test_member_losses_and_predictions_are_each_models_own():
 
 def test_ensemble_equals_separately_trained_single_task_models():
     m, loss_fn, batches = _problem()
-    p, ens_loss, _ = ensemble(m.params, m.apply, loss_fn, TASKS)
+    p, ens_loss, _ = _stl(m, batches)
     step = fmtl.make_step(ens_loss, fmtl.balancers.get("ew"), fmtl.optim.adam(0.01))
     state = step.init(p)
     for b in batches:

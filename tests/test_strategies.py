@@ -202,3 +202,16 @@ def test_cache_key_tells_models_of_the_same_shapes_apart():
     assert key(factory(apply_a), p, x) != key(factory(apply_b), p, x)  # same code, another model
     assert key(one.loss_fn, p, x) == key(one.loss_fn, p, x)
     assert key(one.loss_fn, p, x) != key(two.loss_fn, p, x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_loop_inside_a_transform_equals_the_autograd_loop(dtype):
+    """Under torch.compile or a torch.func transform the loop is one vjp and T pullbacks, not
+    autograd.grad: ``functionalize`` (a transform that changes no value) runs that path eagerly."""
+    import sys
+
+    params, loss_fn, b = _problem(4, 5, 6, dtype)
+    assert torch.func.functionalize(lambda x: torch.tensor(sys.modules["fmtl.task_gradients"]._in_transform()))(
+        torch.zeros(1))  # fmt: skip
+    g = torch.func.functionalize(lambda p: fmtl.task_gradients(loss_fn, p, b, strategy="loop"))(params)
+    _assert_matches(g, _reference(loss_fn, params, b), dtype)

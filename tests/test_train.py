@@ -11,10 +11,12 @@ import torch
 from _train_helpers import final_params, tiny_config
 
 import fmtl
+from fmtl.accumulate import Accumulator, gradient_form
+from fmtl.amp import autocast
 from fmtl.data import load
 from fmtl.losses import make_loss_fn, mse
 from fmtl.models import mlp_hps
-from fmtl.train import Accumulator, _gradient_form, autocast_loss, train
+from fmtl.train import train
 
 TASKS = ("t0", "t1", "t2")
 
@@ -36,9 +38,9 @@ def test_k_micro_batches_equal_one_full_batch(method, K):
         pytest.skip(f"{method} is not registered yet")
     m, loss_fn, batch = _problem()
     balancer = fmtl.balancers.get(method)
-    full = fmtl.make_step(loss_fn, _gradient_form(balancer), fmtl.optim.adam(0.01))
+    full = fmtl.make_step(loss_fn, gradient_form(balancer), fmtl.optim.adam(0.01))
     acc = Accumulator(loss_fn, "auto", None, None)
-    micro_step = fmtl.make_step(loss_fn, _gradient_form(balancer), fmtl.optim.adam(0.01), reduce=acc)
+    micro_step = fmtl.make_step(loss_fn, gradient_form(balancer), fmtl.optim.adam(0.01), reduce=acc)
     p_full, s_full = m.params, full.init(m.params)
     p_acc, s_acc = m.params, micro_step.init(m.params)
     for _ in range(3):  # three optimizer steps: the balancer state carries over
@@ -73,12 +75,12 @@ def test_bf16_autocast_wraps_the_loss():
     b32 = batch.apply(lambda x: x.float())
     mlp = mlp_hps(6, hidden=(8,), tasks=dict.fromkeys(TASKS, 1), seed=0)
     f = make_loss_fn(mlp.apply, {t: mse for t in TASKS})
-    plain, amp = f(p32, b32), autocast_loss(f, "bf16")(p32, b32)
+    plain, amp = f(p32, b32), autocast(f, "bf16")(p32, b32)
     assert amp.dtype == torch.float32
     assert not torch.equal(plain, amp)  # the matmuls ran in bfloat16
     torch.testing.assert_close(amp, plain, rtol=5e-2, atol=5e-2)
-    with pytest.raises(ValueError, match="bf16"):
-        autocast_loss(f, "fp8")
+    with pytest.raises(ValueError, match="fp8"):
+        autocast(f, "fp8")
 
 
 def test_bf16_run_trains(tmp_path):
@@ -116,10 +118,10 @@ def test_unknown_optimizer_and_stl_options_are_rejected(tmp_path):
 
 
 def test_every_training_row_is_used_once_per_epoch_with_micro_batches(tmp_path, monkeypatch):
-    import fmtl.benchmarks
+    import fmtl.train.problems
 
     seen: list[torch.Tensor] = []
-    real_build = fmtl.benchmarks.build
+    real_build = fmtl.train.problems.build
 
     class Recording:
         def __init__(self, ds):
@@ -136,7 +138,7 @@ def test_every_training_row_is_used_once_per_epoch_with_micro_batches(tmp_path, 
         problem = real_build(cfg)
         return problem._replace(splits={**problem.splits, "train": Recording(problem.splits["train"])})
 
-    monkeypatch.setattr(fmtl.benchmarks, "build", build)
+    monkeypatch.setattr(fmtl.train.problems, "build", build)
     # a fixed strategy: "auto" reads one extra batch to time the strategies before training
     res = train(tiny_config(method="ew", epochs=2, batch_size=7, accumulate=3, strategy="jacrev"), tmp_path / "r",
                 quiet=True, plots=False)  # fmt: skip
@@ -152,7 +154,7 @@ def test_auto_strategy_is_decided_once_and_kept_by_the_checkpoint(tmp_path):
     """Strategies agree only up to rounding: a resumed run must reuse the first run's choice."""
     cfg = tiny_config(method="dbmtl", epochs=1)
     train(cfg, tmp_path / "r", quiet=True, plots=False)
-    chosen = fmtl.checkpoint.load(tmp_path / "r" / "checkpoint.pt")["extra"]["strategy"]
+    chosen = fmtl.train.checkpoint.load(tmp_path / "r" / "checkpoint.pt")["extra"]["strategy"]
     assert chosen in ("jacrev", "vmap_grad", "loop")
 
 

@@ -9,11 +9,13 @@ from ..base import TaskGradients
 from ..params import task_names
 from ..tree import scale_rows
 
-__all__ = ["log_transform", "check_log_domain", "assemble", "weighted_tasks", "zeros_like_rows"]
+__all__ = ["log_transform", "log_scale", "check_log_domain", "assemble", "weighted_tasks", "zeros_like_rows"]
 
 
-def check_log_domain(losses: torch.Tensor, params: TensorDict) -> None:
-    """Raises ``ValueError`` naming the tasks whose loss is negative (eager only).
+def check_log_domain(
+    losses: torch.Tensor, params: TensorDict, *, positive: bool = False, who: str = "log transform"
+) -> None:
+    """Raises ``ValueError`` naming the tasks whose loss is negative (or zero, if ``positive``; eager only).
 
     Under ``torch.compile`` the check is skipped: log of a negative loss is NaN, and the
     step's finiteness guard keeps the parameters unchanged and clears ``info["ok"]``.
@@ -27,11 +29,28 @@ def check_log_domain(losses: torch.Tensor, params: TensorDict) -> None:
     """
     if torch.compiler.is_compiling():
         return
-    negative = (losses < 0).nonzero().flatten().tolist()
+    negative = (losses <= 0 if positive else losses < 0).nonzero().flatten().tolist()
     if negative:
         names = task_names(params)
         what = ", ".join(f"task {names[i]!r} has loss {losses[i].item():.6g}" for i in negative)
-        raise ValueError(f"log transform needs non-negative losses; {what}")
+        raise ValueError(f"{who} needs {'positive' if positive else 'non-negative'} losses; {what}")
+
+
+def log_scale(losses: torch.Tensor, params: TensorDict | None, eps: float) -> torch.Tensor:
+    """The factor 1/(ℓ_t + ε) of ∇ log(ℓ_t + ε) = ∇ℓ_t / (ℓ_t + ε), NaN where ℓ_t < 0.
+
+    Eagerly a negative loss raises (:func:`check_log_domain`; skipped when ``params`` is None,
+    which has no task names). Compiled, the check cannot raise, and 1/(ℓ_t + ε) of a negative
+    loss is finite: the NaN makes the update non-finite, so the step keeps params and state
+    and reports ``info["ok"] = False``.
+
+    Example:
+        >>> log_scale(torch.tensor([1.0, -1.0]), None, 0.0)
+        tensor([1., nan])
+    """
+    if params is not None:
+        check_log_domain(losses, params)
+    return torch.where(losses < 0, torch.nan, 1.0 / (losses + eps))
 
 
 def log_transform(grads: TaskGradients, params: TensorDict, eps: float) -> TaskGradients:
@@ -48,8 +67,7 @@ def log_transform(grads: TaskGradients, params: TensorDict, eps: float) -> TaskG
         >>> out.shared["w"], out.tasks["a", "b"]
         (tensor([[2.]]), tensor([1.]))
     """
-    check_log_domain(grads.losses, params)
-    scale = 1.0 / (grads.losses + eps)
+    scale = log_scale(grads.losses, params, eps)
     tasks = TensorDict(
         {n: grads.tasks[n].apply(lambda v, s=scale[i]: v * s) for i, n in enumerate(task_names(params))},
         [],

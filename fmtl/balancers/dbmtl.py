@@ -9,7 +9,7 @@ from tensordict import TensorDict
 
 from ..base import Balancer, TaskGradients
 from ..tree import combine, row_norms
-from ._common import assemble, zeros_like_rows
+from ._common import assemble, log_scale, zeros_like_rows
 from ._common import log_transform as _log_transform
 
 __all__ = ["DBMTLState", "dbmtl"]
@@ -122,7 +122,7 @@ def dbmtl(
             # 1/(ℓ_t + ε) is folded into the EMA below, so no scaled copy of J is made.
             T = grads.losses.shape[0]
             tasks = _log_transform(TaskGradients(grads.losses, TensorDict({}, [T]), tasks), params, eps).tasks
-            scale = 1.0 / (grads.losses + eps)
+            scale = log_scale(grads.losses, None, eps)  # domain checked just above; NaN under compile
         ema = state.ema.apply(_ema_step(beta_k, (1.0 - beta_k) * scale), grads.shared)
         norms = row_norms(ema)
         weights = _scale(alpha, norms) / (norms + eps)

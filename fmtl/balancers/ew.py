@@ -7,7 +7,7 @@ from tensordict import TensorDict
 
 from ..base import Balancer, EmptyState, TaskGradients
 from ..tree import combine
-from ._common import assemble, check_log_domain, weighted_tasks
+from ._common import assemble, log_scale, weighted_tasks
 from ._common import log_transform as _log_transform
 
 __all__ = ["ew"]
@@ -35,9 +35,7 @@ def ew(log_transform: bool = False, eps: float = 1e-8) -> Balancer:
 
     def loss_weights(losses: torch.Tensor, state: EmptyState, params: TensorDict):
         if log_transform:
-            if params is not None:
-                check_log_domain(losses, params)
-            w = 1.0 / (losses + eps)
+            w = log_scale(losses, params, eps)
         else:
             w = torch.ones_like(losses)
         return w, state, {"weights": w}

@@ -6,6 +6,7 @@ import torch
 from tensordict import TensorDict
 
 from ..base import Balancer, EmptyState
+from ._common import check_log_domain
 from ._loss import loss_balancer
 
 __all__ = ["gls"]
@@ -21,7 +22,8 @@ def gls() -> Balancer:
         w_t = \\frac{1}{T}\\frac{(\\prod_s \\ell_s)^{1/T}}{\\ell_t}
 
     (the geometric mean is computed as exp(mean log ℓ)). Weights touch θ and every ψ_t; the
-    losses must be positive.
+    losses must be positive: a zero loss makes the mean 0 and its weight 0/0, so eagerly it
+    raises ``ValueError`` naming the task (compiled, the step reports ``info["ok"] = False``).
 
     Example:
         >>> import torch, fmtl
@@ -38,4 +40,14 @@ def gls() -> Balancer:
         geometric_mean = torch.exp(torch.log(losses).mean())
         return geometric_mean / (losses.shape[0] * losses), state, {}
 
-    return loss_balancer(init, weights)
+    inner = loss_balancer(init, weights)
+
+    def checked(f, losses_of):
+        def g(x, state, params):
+            if params is not None:
+                check_log_domain(losses_of(x), params, positive=True, who="GLS (a geometric mean of the losses)")
+            return f(x, state, params)
+
+        return g
+
+    return Balancer(init, checked(inner.update, lambda g: g.losses), checked(inner.loss_weights, lambda x: x))

@@ -1,4 +1,4 @@
-"""Run directories: whether one holds this run, another run, or nothing; and the STL reference.
+"""Run directories: whether one holds this run, another run, or nothing; and where the STL reference is.
 
 An output directory holds at most one run, identified by its resolved ``config.toml``:
 
@@ -7,10 +7,11 @@ An output directory holds at most one run, identified by its resolved ``config.t
 * the same configuration, unfinished → refuse unless ``--resume`` (or ``--overwrite``);
 * a different configuration → refuse unless ``--overwrite`` (which deletes only fmtl's files).
 
-Δp needs STL metrics. Unless ``--stl DIR`` names a finished STL run (or ``--stl none`` turns
-Δp off), the STL ensemble of the same benchmark, seed and training settings is trained first
-into a sibling directory named after a hash of its configuration, and reused by every later
-run with the same settings.
+"The same configuration" is :func:`fmtl.train.config.differences` being empty (``epochs`` may
+grow on resume). Δp needs STL metrics. Unless ``--stl DIR`` names a finished STL run (or
+``--stl none`` turns Δp off), the STL ensemble of the same benchmark, seed and training settings
+is trained first into a sibling directory named after a hash of its configuration
+(:func:`default_stl_dir`), and reused by every later run with the same settings.
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .benchmarks import resolve
-from .config import DEFAULTS, dumps, load_toml, merge, tomllib
+from .. import atomic
+from .config import DEFAULTS, RESUMABLE, differences, dumps, load_toml, merge, tomllib
+from .problems import label, resolve
 from .selection import stl_reference
-from .train import CHECKPOINT, CONFIG, METRICS, RESULTS, train
 
-__all__ = ["RunDirError", "normalize", "read_config", "prepare", "stl_config", "default_stl_dir", "ensure_stl",
-           "run", "OWNED"]  # fmt: skip
+__all__ = ["RunDirError", "CHECKPOINT", "METRICS", "RESULTS", "CONFIG", "OWNED", "normalize", "read_config",
+           "read_results", "prepare", "stl_config", "default_stl_dir", "default_out", "find_stl",
+           "remove_stale_temps"]  # fmt: skip
 
+CHECKPOINT, METRICS, RESULTS, CONFIG = "checkpoint.pt", "metrics.jsonl", "results.json", "config.toml"
 #: What ``--overwrite`` deletes: fmtl's own files only.
 OWNED = (CONFIG, METRICS, RESULTS, CHECKPOINT, "plots", "tensorboard")
 
@@ -56,6 +59,34 @@ def read_config(out: str | Path) -> dict[str, Any]:
     return normalize(load_toml(path))
 
 
+def read_results(out: str | Path) -> dict[str, Any]:
+    """The ``results.json`` of a finished run."""
+    return json.loads((Path(out) / RESULTS).read_text())
+
+
+def remove_stale_temps(out: str | Path) -> list[str]:
+    """Deletes the temporary files a killed run leaves in ``out`` (``.checkpoint.pt.*.tmp``, ``.config.toml.tmp``, …).
+
+    A write goes to such a file, then is renamed over its target; one that is still there
+    when a run starts was never renamed: the process that wrote it died. Returns their names.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = (d / ".checkpoint.pt.x1y2.tmp").write_bytes(b"half")
+        >>> remove_stale_temps(d), list(d.iterdir())
+        (['.checkpoint.pt.x1y2.tmp'], [])
+    """
+    out = Path(out)
+    stale = [tmp for name in (CHECKPOINT, CONFIG, METRICS, RESULTS) for tmp in atomic.temporary_files(out / name)]
+    removed = []
+    for tmp in stale:
+        if tmp.is_file():
+            tmp.unlink()
+            removed.append(tmp.name)
+    return removed
+
+
 def _clean(out: Path) -> None:
     for name in OWNED:
         p = out / name
@@ -63,8 +94,7 @@ def _clean(out: Path) -> None:
             shutil.rmtree(p)
         elif p.exists():
             p.unlink()
-    for tmp in out.glob(f".{CHECKPOINT}.*.tmp"):
-        tmp.unlink()
+    remove_stale_temps(out)
 
 
 def prepare(out: str | Path, cfg: Mapping[str, Any], *, resume: bool = False, overwrite: bool = False) -> str:
@@ -82,6 +112,8 @@ def prepare(out: str | Path, cfg: Mapping[str, Any], *, resume: bool = False, ov
     out = Path(out)
     if overwrite and out.exists():
         _clean(out)
+    elif out.is_dir():
+        remove_stale_temps(out)  # left by a killed run (safe while one process writes a directory)
     if not (out / CONFIG).exists():
         leftovers = [n for n in (CHECKPOINT, METRICS, RESULTS) if (out / n).exists()]
         if leftovers:
@@ -90,10 +122,8 @@ def prepare(out: str | Path, cfg: Mapping[str, Any], *, resume: bool = False, ov
         return "new"
     saved = read_config(out)
     new = normalize(cfg)
-    if {k: v for k, v in saved.items() if k != "epochs"} != {k: v for k, v in new.items() if k != "epochs"} or (
-        not resume and saved["epochs"] != new["epochs"]
-    ):
-        diff = sorted(k for k in set(saved) | set(new) if saved.get(k) != new.get(k))
+    diff = differences(saved, new, ignore=RESUMABLE if resume else ())
+    if diff:
         raise RunDirError(f"{out} holds a different run (settings that differ: {diff}); use --overwrite to "
                           "replace it, or choose another --out")  # fmt: skip
     if (out / RESULTS).exists() and saved["epochs"] == new["epochs"]:
@@ -114,8 +144,18 @@ def stl_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {**cfg, "method": "stl", "opts": {}}
 
 
+def default_out(cfg: Mapping[str, Any]) -> Path:
+    """``runs/<problem>-<method>-seed<S>``.
+
+    Example:
+        >>> str(default_out({"benchmark": "/x/p.py:make", "method": "ew", "seed": 2}))
+        'runs/make-ew-seed2'
+    """
+    return Path("runs") / f"{label(cfg['benchmark'])}-{cfg['method']}-seed{cfg['seed']}"
+
+
 def default_stl_dir(out: str | Path, cfg: Mapping[str, Any]) -> Path:
-    """``<out's parent>/<benchmark>-stl-seed<S>-<hash of the STL configuration>``.
+    """``<out's parent>/<problem>-stl-seed<S>-<hash of the STL configuration>``.
 
     Example:
         >>> default_stl_dir("runs/x", normalize({**DEFAULTS, "benchmark": "synthetic"})).name
@@ -123,60 +163,32 @@ def default_stl_dir(out: str | Path, cfg: Mapping[str, Any]) -> Path:
     """
     scfg = normalize(stl_config(cfg))
     digest = hashlib.sha1(json.dumps(scfg, sort_keys=True).encode()).hexdigest()[:8]
-    return Path(out).resolve().parent / f"{scfg['benchmark']}-stl-seed{scfg['seed']}-{digest}"
+    return Path(out).resolve().parent / f"{label(scfg['benchmark'])}-stl-seed{scfg['seed']}-{digest}"
 
 
-def _read_results(out: Path) -> dict[str, Any]:
-    return json.loads((out / RESULTS).read_text())
-
-
-def ensure_stl(
-    cfg: Mapping[str, Any], out: str | Path, stl: str | None, *, quiet: bool = False
-) -> tuple[dict[str, Any] | None, str | None]:
-    """The STL reference metrics for ``cfg`` and the directory they come from.
+def find_stl(cfg: Mapping[str, Any], out: str | Path, stl: str | None) -> tuple[dict | None, Path | None, str]:
+    """Where the STL reference of ``cfg`` comes from: ``(reference, directory, what to do)``.
 
     Args:
-        stl: ``None`` (find or train the default STL run), ``"none"`` (no Δp), or a directory
+        stl: ``None`` (the default STL run next to ``out``), ``"none"`` (no Δp), or a directory
             holding a finished STL run of the same benchmark.
+
+    Returns:
+        ``(reference metrics or None, its directory or None, todo)`` with ``todo`` one of
+        ``"none"`` (no reference wanted), ``"finished"`` (the reference is there), ``"new"`` or
+        ``"resume"`` (the default STL run must be trained into the directory first).
     """
     if cfg["method"] == "stl" or (stl is not None and stl.lower() == "none"):
-        return None, None
+        return None, None, "none"
     if stl is not None:
         d = Path(stl)
         if not (d / RESULTS).is_file():
             raise RunDirError(f"--stl {stl}: no finished run there ({RESULTS} is missing)")
-        res = _read_results(d)
+        res = read_results(d)
         if res.get("method") != "stl" or res.get("benchmark") != cfg["benchmark"]:
             raise RunDirError(f"--stl {stl} holds a {res.get('benchmark')}/{res.get('method')} run, not STL "
                               f"on {cfg['benchmark']}")  # fmt: skip
-        return stl_reference(res), str(d)
-    scfg = normalize(stl_config(cfg))
+        return stl_reference(res), d, "finished"
     d = default_stl_dir(out, cfg)
-    state = prepare(d, scfg, resume=True)
-    if state != "finished":
-        if not quiet:
-            print(f"fmtl: training the STL baseline first (all single-task models as one vectorized "
-                  f"ensemble) into {d}; later runs with the same settings reuse it", flush=True)  # fmt: skip
-        train(scfg, d, resume=state == "resume", quiet=quiet)
-    return stl_reference(_read_results(d)), str(d)
-
-
-def run(
-    cfg: Mapping[str, Any],
-    out: str | Path,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    stl: str | None = None,
-    quiet: bool = False,
-    tensorboard: bool = False,
-) -> tuple[dict[str, Any], bool]:
-    """Prepares ``out``, finds the STL reference, trains (unless finished): ``(results, reused)``."""
-    cfg = normalize(cfg)
-    state = prepare(out, cfg, resume=resume, overwrite=overwrite)
-    if state == "finished":
-        return _read_results(Path(out)), True
-    reference, stl_dir = ensure_stl(cfg, out, stl, quiet=quiet)
-    results = train(cfg, out, resume=state == "resume", stl_reference=reference, stl_dir=stl_dir, quiet=quiet,
-                    tensorboard=tensorboard)  # fmt: skip
-    return results, False
+    todo = prepare(d, normalize(stl_config(cfg)), resume=True)
+    return (stl_reference(read_results(d)) if todo == "finished" else None), d, todo

@@ -4,6 +4,7 @@ Example (the README's first command; trains the STL baseline first, then DB-MTL,
 the per-task test MAE table with Δp)::
 
     fmtl train --benchmark qm9 --method dbmtl
+    fmtl train --problem my_problem.py:make --method dbmtl --device cuda   # your own problem
 
 Settings come from, in increasing priority: the benchmark's defaults, ``--config FILE.toml``,
 then the command-line flags (method hyperparameters with ``--opt key=value``, dataset options
@@ -20,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..amp import DTYPES
+from ..optim import names as optim_names
 from .config import DEFAULTS, load_toml, merge, parse_pairs
 
 __all__ = ["main", "build_parser", "config_from_args"]
@@ -30,11 +33,15 @@ EXIT_USAGE, EXIT_DIVERGED, EXIT_CHECKPOINT = 2, 3, 4
 def _training_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--config", metavar="FILE", help="TOML file with settings (flags override it)")
-    g.add_argument("--benchmark", help="qm9 (default) or synthetic")
+    g.add_argument("--benchmark", help="a registered problem: qm9 (default), synthetic (see `fmtl list`)")
+    g.add_argument("--problem", metavar="FILE.py:NAME",
+                   help="your own problem: NAME is a function in FILE.py returning a fmtl.train.Problem "
+                        "(called with the --data/--model options as keyword arguments)")
+    g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float)
-    g.add_argument("--optimizer", choices=("adam", "adamw", "sgd"))
+    g.add_argument("--optimizer", choices=tuple(optim_names()))
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="method hyperparameter, e.g. beta=0.9 beta_sigma=0.5 alpha=max (repeatable)")
@@ -42,7 +49,8 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
                    help="dataset option, e.g. subset=2000 or representation=graph (repeatable)")
     g.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
                    help="model option, e.g. hidden=[256,256] (repeatable)")
-    g.add_argument("--amp", choices=("none", "bf16"), help="autocast the forward and losses to bfloat16")
+    g.add_argument("--amp", choices=tuple(DTYPES),
+                   help="autocast the forward and losses to bfloat16 or float16 on the run's device")
     g.add_argument("--accumulate", type=int, metavar="K",
                    help="accumulate per-task gradients over K micro-batches before the balancer")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile(fullgraph=True) the step")
@@ -84,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _flag_layer(args: argparse.Namespace) -> dict[str, Any]:
     layer: dict[str, Any] = {k: getattr(args, k, None) for k in DEFAULTS if k not in ("benchmark", "method")}
     layer["benchmark"] = args.benchmark
+    if args.problem is not None:
+        from .problems import file_spec, is_file
+
+        spec = file_spec(args.problem) if is_file(args.problem) or args.problem.endswith(".py") else args.problem
+        if args.benchmark is not None and args.benchmark != spec:
+            raise ValueError(f"--benchmark {args.benchmark} and --problem {args.problem} name different problems")
+        layer["benchmark"] = spec
     layer["method"] = getattr(args, "method", None)
     layer["opts"] = parse_pairs(args.opt, "--opt")
     layer["data"] = parse_pairs(args.data, "--data")
@@ -100,35 +115,16 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
         >>> cfg["method"], cfg["opts"], cfg["epochs"]
         ('dbmtl', {'beta': 0.5}, 5)
     """
-    from .runs import normalize
+    from .fit import configure
 
     file_layer = load_toml(args.config) if args.config else {}
-    return normalize(merge(DEFAULTS, file_layer, _flag_layer(args)))
+    return configure(None, merge(DEFAULTS, file_layer), _flag_layer(args))
 
 
 def _valid_methods() -> list[str]:
-    from . import balancers
+    from .. import balancers
 
     return sorted(balancers.names()) + ["stl"]
-
-
-def _check_method(method: str, opts: dict[str, Any]) -> None:
-    from . import balancers
-
-    if method == "stl":
-        if opts:
-            raise ValueError(f"method 'stl' takes no --opt hyperparameters; got {sorted(opts)}")
-        return
-    if method not in balancers.names():
-        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(_valid_methods())}")
-    balancers.get(method, **opts)  # unknown hyperparameters fail here, before any data is loaded
-
-
-def _check_benchmark(name: str) -> None:
-    from .benchmarks import names
-
-    if name not in names():
-        raise ValueError(f"unknown benchmark {name!r}; valid benchmarks: {', '.join(names())}")
 
 
 def _print_run(results: dict[str, Any], out: Path, reused: bool) -> None:
@@ -140,9 +136,10 @@ def _print_run(results: dict[str, Any], out: Path, reused: bool) -> None:
         stl_path = Path(results["stl_dir"]) / "results.json"
         if stl_path.is_file():
             stl = stl_reference(json.loads(stl_path.read_text()))["test"]
+    from .finish import CRITERIA_TEXT
+
     sel = results["selected"]
-    how = {"val_delta_p": "validation Δp", "val_normalized_error": "validation mean normalized error",
-           "per_task_val": "each task's own validation metric"}[sel["criterion"]]  # fmt: skip
+    how = CRITERIA_TEXT[sel["criterion"]]
     epoch = f"epoch {sel['epoch'] + 1}" if "epoch" in sel else "per-task epochs"
     head = f"{results['benchmark']} · {results['method']} · seed {results['seed']} · test metrics at {epoch}"
     print(f"\n{head} (selected on {how})" + (" [reused finished run]" if reused else ""))
@@ -157,7 +154,7 @@ def _print_run(results: dict[str, Any], out: Path, reused: bool) -> None:
 def _set_threads(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
     import torch
 
-    from .benchmarks import default_threads
+    from .problems import default_threads
 
     n = args.threads if args.threads else default_threads(cfg)
     if n:
@@ -165,25 +162,26 @@ def _set_threads(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .runs import read_config, run
+    from .device import resolve
+    from .fit import check, fit
+    from .runs import default_out, read_config
 
     start = time.perf_counter()
+    device = resolve(args.device)
     if args.resume:
         out = Path(args.resume)
         cfg = read_config(out)
         if args.epochs is not None:
             cfg["epochs"] = args.epochs
-        _set_threads(args, cfg)
-        results, reused = run(cfg, out, resume=True, stl=args.stl, quiet=args.quiet, tensorboard=args.tensorboard)
     else:
         cfg = config_from_args(args)
-        _check_benchmark(cfg["benchmark"])
-        _check_method(cfg["method"], cfg["opts"])
-        _set_threads(args, cfg)
-        out = Path(args.out or f"runs/{cfg['benchmark']}-{cfg['method']}-seed{cfg['seed']}")
-        results, reused = run(cfg, out, overwrite=args.overwrite, stl=args.stl, quiet=args.quiet,
-                              tensorboard=args.tensorboard)  # fmt: skip
-    if results:
+        out = Path(args.out) if args.out else default_out(cfg)
+    check(cfg)
+    _set_threads(args, cfg)
+    results = fit(None, out, config=cfg, resume=bool(args.resume), overwrite=args.overwrite and not args.resume,
+                  stl=args.stl, quiet=args.quiet, tensorboard=args.tensorboard, device=device)  # fmt: skip
+    reused = results.pop("reused", False)
+    if results.get("selected"):
         _print_run(results, out, reused)
         print(f"total elapsed {time.perf_counter() - start:.0f} s (data preparation, STL baseline if trained, "
               "this run)")
@@ -192,28 +190,32 @@ def _train(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from .compare import compare, split_opts
+    from .device import resolve
+    from .fit import check
+    from .problems import label
 
     cfg = config_from_args(args)
-    _check_benchmark(cfg["benchmark"])
+    device = resolve(args.device)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise ValueError("--methods needs at least one method name")
+    check({**cfg, "method": "stl", "opts": {}})
     for m, opts in split_opts(cfg["opts"], [m for m in methods if m != "stl"]).items():
-        _check_method(m, opts)
+        check({**cfg, "method": m, "opts": opts})
     if args.seeds < 1:
         raise ValueError("--seeds must be >= 1")
     _set_threads(args, cfg)
-    out = Path(args.out or f"runs/compare-{cfg['benchmark']}")
-    res = compare(cfg, methods, args.seeds, out, overwrite=args.overwrite, quiet=args.quiet)
+    out = Path(args.out or f"runs/compare-{label(cfg['benchmark'])}")
+    res = compare(cfg, methods, args.seeds, out, overwrite=args.overwrite, quiet=args.quiet, device=device)
     print(res["markdown"])
     print("written: " + ", ".join(str(p) for p in res["paths"]))
     return 0
 
 
 def _list() -> int:
-    from .benchmarks import names
+    from .problems import names
 
-    print("benchmarks: " + ", ".join(names()))
+    print("benchmarks: " + ", ".join(names()) + "  (or --problem FILE.py:NAME)")
     print("methods:    " + ", ".join(_valid_methods()))
     return 0
 
@@ -227,10 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     import torch
 
-    from .allocator import tune
+    from ..allocator import tune
     from .checkpoint import CheckpointError
+    from .loop import TrainingDiverged
     from .runs import RunDirError
-    from .train import TrainingDiverged
 
     args = build_parser().parse_args(argv)
     tune()  # keep large freed blocks (vectorized backwards page-fault otherwise; FMTL_DEFAULT_MALLOC=1 opts out)

@@ -6,7 +6,9 @@ the one with the best *validation* score and the reported numbers are its *test*
 * MTL methods with an STL reference: maximize validation Δp (Eq. 3) against STL's validation
   metrics.
 * Without a reference (the STL run itself, or ``--stl none``): minimize the validation mean
-  normalized error (:mod:`fmtl.evaluate`), and say so in ``results.json``.
+  normalized error (:mod:`fmtl.train.evaluate`), and say so in ``results.json``; when a task's
+  metric has no normalized error (e.g. accuracy), maximize instead the validation Δp against the
+  first epoch's validation metrics (scale-free like Δp, and the same for every epoch's reference).
 * The STL ensemble: each member is an independent model, so each task picks its own best
   epoch by its own validation metric (the single-task baseline at its best).
 """
@@ -16,22 +18,22 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .metrics import delta_p, delta_p_tasks
+from ..metrics import delta_p, delta_p_tasks
 
 __all__ = ["directions", "select", "stl_reference", "CRITERIA"]
 
-CRITERIA = ("val_delta_p", "val_normalized_error", "per_task_val")
+CRITERIA = ("val_delta_p", "val_normalized_error", "val_delta_p_vs_first_epoch", "per_task_val")
 
 
-def directions(task_info: Mapping[str, Any]) -> dict[str, dict[str, bool]]:
-    """``{task: {metric: higher_is_better}}`` from ``fmtl.data.TaskInfo``.
+def directions(metrics: Mapping[str, Any]) -> dict[str, dict[str, bool]]:
+    """``{task: {metric: higher_is_better}}`` from ``{task: fmtl.train.Metric}``.
 
     Example:
-        >>> from fmtl.data import TaskInfo
-        >>> directions({"mu": TaskInfo("regression", ("mae",), (False,))})
+        >>> from fmtl.train.evaluate import regression
+        >>> directions({"mu": regression(("mae",))})
         {'mu': {'mae': False}}
     """
-    return {t: dict(zip(i.metrics, i.higher_is_better, strict=True)) for t, i in task_info.items()}
+    return {t: dict(zip(m.names, m.higher_is_better, strict=True)) for t, m in metrics.items()}
 
 
 def _main_metric_better(a: float, b: float, higher: bool) -> bool:
@@ -84,10 +86,14 @@ def select(
             scores = [delta_p(r["val"]["metrics"], stl["val"], hib) for r in history]
             k = max(range(len(history)), key=lambda i: scores[i])
             criterion = "val_delta_p"
-        else:
+        elif all(v is not None for r in history for v in r["val"]["normalized"].values()):
             scores = [sum(r["val"]["normalized"].values()) / len(hib) for r in history]
             k = min(range(len(history)), key=lambda i: scores[i])
             criterion = "val_normalized_error"
+        else:
+            scores = [delta_p(r["val"]["metrics"], history[0]["val"]["metrics"], hib) for r in history]
+            k = max(range(len(history)), key=lambda i: scores[i])
+            criterion = "val_delta_p_vs_first_epoch"
         best = history[k]
         out = {"criterion": criterion, "epoch": best["epoch"], "score": scores[k],
                "val": best["val"]["metrics"], "test": best["test"]["metrics"]}  # fmt: skip

@@ -1,0 +1,8 @@
+"""``python -m fmtl.train ...``: the same as the ``fmtl`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Assembling a run: the problem (or its STL ensemble), balancer, optimizer, mixed precision,
+gradient accumulation and the BatchNorm update, composed into ``make_step`` on the run's device.
+
+Everything here is the engine's (:func:`fmtl.make_step`, :func:`fmtl.balancers.get`,
+:func:`fmtl.optim.get`, :func:`fmtl.amp.autocast`, :class:`fmtl.accumulate.Accumulator`); this
+module only reads the run configuration and puts the pieces together:
+
+.. math::
+    \\text{step} = \\text{optimizer} \\circ \\text{balancer} \\circ \\text{reduce}
+    \\circ \\text{task\\_gradients}(\\text{autocast}(\\ell))
+    \\quad(+\\ \\text{running statistics, outside the gradient pass})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import torch
+from tensordict import TensorDict
+
+from .. import balancers, optim, rng
+from ..accumulate import Accumulator, gradient_form
+from ..amp import autocast
+from ..base import Balancer
+from ..step import Step, StepState, make_step
+from ..task_gradients import LossFn
+from . import stl
+from .problem import Problem
+from .world import World, mean_buffers
+
+__all__ = ["Run", "Steps", "assemble", "build_steps", "choose_strategy", "strategy_of"]
+
+
+class Run(NamedTuple):
+    """The assembled, not yet trained run.
+
+    Attributes:
+        problem: what is trained (the STL ensemble of the problem for method ``"stl"``).
+        params: the initial parameters, on the run's device.
+        state: ``step.init(params, buffers)``.
+        loss_fn: the problem's loss under ``--amp`` autocast.
+        balancer, optimizer: from ``method``/``opts`` and ``optimizer``/``lr``/``weight_decay``.
+        update_buffers: the problem's BatchNorm update (averaged over ranks), or ``None``.
+    """
+
+    problem: Problem
+    params: TensorDict
+    state: StepState
+    loss_fn: LossFn
+    balancer: Balancer
+    optimizer: optim.Optimizer
+    update_buffers: Callable | None
+
+
+class Steps(NamedTuple):
+    """The step, the step used on logged steps (it also computes the T×T cosines), the accumulator."""
+
+    step: Callable
+    logged: Callable
+    accumulator: Accumulator | None
+
+
+def _balancer(cfg: Mapping[str, Any]) -> Balancer:
+    if cfg["method"] == "stl":
+        if cfg["opts"]:
+            raise ValueError(f"method 'stl' takes no --opt hyperparameters; got {sorted(cfg['opts'])}")
+        return balancers.get("ew")  # members share no parameters: Σ_t ℓ_t trains each on its own task
+    return balancers.get(cfg["method"], **cfg["opts"])
+
+
+def assemble(cfg: Mapping[str, Any], problem: Problem, world: World) -> Run:
+    """The run of ``cfg`` on ``problem``: trained problem, initial params and state on ``world.device``.
+
+    Example:
+        >>> from fmtl.train import problems
+        >>> from fmtl.train.config import DEFAULTS
+        >>> cfg = problems.resolve({**DEFAULTS, "benchmark": "synthetic", "method": "stl", "data": {"n": 16}})
+        >>> run = assemble(cfg, problems.build(cfg), World(0, 1, None, torch.device("cpu")))
+        >>> run.problem.name, run.params["shared", "members"].batch_size
+        ('synthetic-stl', torch.Size([4]))
+    """
+    if int(cfg["accumulate"]) < 1:
+        raise ValueError(f"accumulate must be >= 1; got {cfg['accumulate']}")
+    balancer = _balancer(cfg)
+    trained = stl.ensemble(problem) if cfg["method"] == "stl" else problem
+    optimizer = optim.get(cfg["optimizer"], float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]))
+    loss_fn = autocast(trained.loss_fn, cfg["amp"], world.device.type)
+    update = mean_buffers(trained.update_buffers, world)
+    params = world.broadcast(trained.params.to(world.device))  # every rank starts from rank 0's θ, ψ_t
+    buffers = trained.buffers.to(world.device) if trained.buffers is not None else ()
+    state = make_step(loss_fn, balancer, optimizer).init(params, buffers)
+    return Run(trained, params, state, loss_fn, balancer, optimizer, update)
+
+
+def build_steps(run: Run, cfg: Mapping[str, Any], strategy: str, world: World) -> Steps:
+    """The (compiled, with ``compile = true``) steps of ``run`` with the concrete task-gradient ``strategy``.
+
+    ``accumulate = K > 1`` puts an :class:`~fmtl.accumulate.Accumulator` in front of the cross-rank
+    reduce and runs the balancer in its gradient form (its weights need all K micro-batches).
+    """
+    K = int(cfg["accumulate"])
+    accumulator = Accumulator(run.loss_fn, strategy, cfg["chunk_size"], world.reduce) if K > 1 else None
+    balancer = gradient_form(run.balancer) if accumulator is not None else run.balancer
+
+    def build(diagnostics: bool) -> Step:
+        return make_step(run.loss_fn, balancer, run.optimizer, reduce=accumulator or world.reduce, strategy=strategy,
+                         chunk_size=cfg["chunk_size"], diagnostics=diagnostics,
+                         update_buffers=run.update_buffers)  # fmt: skip
+
+    def compiled(step: Step) -> Callable:
+        return torch.compile(step.__call__, fullgraph=True) if cfg["compile"] else step
+
+    # The logged steps of a gradient balancer also compute the gradient cosines (the T×T Gramian,
+    # an extra pass over the task gradients that the other steps skip; the update is the same).
+    # A loss balancer logs without them: they would cost it a whole task Jacobian.
+    step = compiled(build(False))
+    logged = compiled(build(True)) if balancer.loss_weights is None else step
+    return Steps(step, logged, accumulator)
+
+
+def choose_strategy(run: Run, batch: Any, chunk_size: int | None, world: World) -> str:
+    """The concrete strategy ``"auto"`` picks for this run, decided once by rank 0 and shared.
+
+    Strategies agree only up to rounding, so a run (and its resume, and every rank) must use one
+    and the same: the choice is made once, saved in the checkpoint and reused on resume.
+    """
+    from ..strategy import choose_strategy as measure
+
+    before = rng.get(world.device)
+    choice = [measure(run.loss_fn, run.params, batch, chunk_size=chunk_size)]
+    rng.set(before, world.device)  # timing must not move the run's random stream
+    if world.size > 1:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(choice, src=0)
+    return choice[0]
+
+
+def strategy_of(run: Run, cfg: Mapping[str, Any], params: TensorDict, extra: dict[str, Any], world: World) -> str:
+    """The run's task-gradient strategy: ``cfg["strategy"]``, or for ``"auto"`` the one decided once.
+
+    ``"auto"`` is measured on one micro-batch shard at the run's (restored) ``params`` the first
+    time and saved in ``extra["strategy"]`` (the checkpoint's bookkeeping), so that a resumed run
+    keeps it.
+    """
+    if cfg["strategy"] != "auto":
+        return cfg["strategy"]
+    if "strategy" not in extra:
+        train_ds, B, K = run.problem.splits["train"], int(cfg["batch_size"]), int(cfg["accumulate"])
+        shard = train_ds[torch.arange(min(len(train_ds), max(1, B // world.size // K)))].to(world.device)
+        extra["strategy"] = choose_strategy(run._replace(params=params), shard, cfg["chunk_size"], world)
+    return extra["strategy"]

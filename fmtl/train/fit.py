@@ -1,0 +1,239 @@
+"""``fit``: one training run, read top to bottom — configure, prepare, reference, assemble, restore, loop, finish.
+
+:func:`fit` is what ``fmtl train`` does, callable from Python with a :class:`fmtl.train.Problem`
+of your own:
+
+1. **configure** — the settings resolved against the problem's defaults and checked
+   (:func:`configure`); the resolved configuration identifies the run;
+2. **prepare** — the output directory: new, resumable, finished (then the results are reused)
+   or another run's (refused) (:func:`fmtl.train.runs.prepare`);
+3. **reference** — the STL baseline Δp is measured against: found, or trained first as one
+   vectorized ensemble (:func:`fmtl.train.runs.find_stl`, :mod:`fmtl.train.stl`);
+4. **assemble** — balancer, optimizer, autocast, accumulation and BatchNorm update composed into
+   the pure step on the run's device (:mod:`fmtl.train.assemble`);
+5. **restore** — from the checkpoint when resuming (:mod:`fmtl.train.restore`);
+6. **loop** — the epochs (:mod:`fmtl.train.loop`), with evaluation and checkpoints;
+7. **finish** — the selected epoch, ``results.json``, plots (:mod:`fmtl.train.finish`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import atomic, balancers
+from ..amp import DTYPES
+from ..optim import names as optimizers
+from . import device as devices
+from . import problems, runs
+from . import world as worlds
+from .assemble import assemble, build_steps, strategy_of
+from .config import DEFAULTS, TABLES, dumps, merge
+from .evaluate import evaluate_epoch
+from .finish import finish, results
+from .log import Log
+from .loop import TrainingDiverged, loop
+from .problem import Problem
+from .restore import Saver, restore
+from .selection import stl_reference
+
+__all__ = ["fit", "train", "configure", "check"]
+
+
+def check(cfg: Mapping[str, Any], problem: Problem | None = None) -> None:
+    """Raises ``ValueError`` naming the first setting of a resolved configuration that cannot run.
+
+    Checked before any data is loaded: the problem (a problem file is imported, so that what
+    its top level registers counts), the method and its hyperparameters (the balancer is built
+    once), the optimizer, ``amp`` and ``accumulate``. With a ``problem`` object its name need not
+    be registered.
+
+    Example:
+        >>> check(configure(None, None, {"benchmark": "synthetic", "method": "nope"}))
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown method 'nope'; valid methods: ...
+    """
+    name = cfg["benchmark"]
+    if problems.is_file(name):
+        problems.load_module(name)  # its top level may register the method by name
+    elif problem is None and name not in problems.names():
+        raise ValueError(f"unknown benchmark {name!r}; valid benchmarks: {', '.join(problems.names())} "
+                         "(or --problem FILE.py:NAME)")  # fmt: skip
+    method, opts = cfg["method"], cfg["opts"]
+    if method == "stl":
+        if opts:
+            raise ValueError(f"method 'stl' takes no --opt hyperparameters; got {sorted(opts)}")
+    elif method not in balancers.names():
+        valid = sorted(balancers.names()) + ["stl"]
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(valid)}")
+    else:
+        balancers.get(method, **opts)  # unknown hyperparameters fail here, before any data is loaded
+    if cfg["optimizer"] not in optimizers():
+        raise ValueError(f"unknown optimizer {cfg['optimizer']!r}; valid: {', '.join(optimizers())}")
+    if cfg["amp"] not in DTYPES:
+        raise ValueError(f"amp must be one of {list(DTYPES)}; got {cfg['amp']!r}")
+    if int(cfg["accumulate"]) < 1:
+        raise ValueError(f"accumulate must be >= 1; got {cfg['accumulate']}")
+
+
+def configure(problem: Problem | None, config: Mapping[str, Any] | None, settings: Mapping[str, Any]) -> dict:
+    """The resolved run configuration: defaults ← ``config`` ← ``settings``, the problem's defaults filled in.
+
+    A :class:`Problem` object names the run's ``benchmark`` (its ``name``); problems that are not
+    registered get :data:`fmtl.train.problems.GENERIC_SETTINGS`.
+
+    Example:
+        >>> cfg = configure(None, {"benchmark": "synthetic"}, {"method": "ew", "opts": {}, "epochs": 2})
+        >>> cfg["method"], cfg["epochs"], cfg["batch_size"]
+        ('ew', 2, 64)
+        >>> configure(None, None, {"epoch": 2})
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown setting(s) ['epoch']; valid: ...
+    """
+    unknown = sorted(set(settings) - set(DEFAULTS) - set(TABLES))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; valid: {sorted(DEFAULTS) + list(TABLES)}")
+    cfg = merge(DEFAULTS, config or {}, settings)
+    if problem is not None:
+        cfg["benchmark"] = problem.name
+    return runs.normalize(cfg)
+
+
+def _rng_fork(device: torch.device):
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
+def fit(
+    problem: Problem | None = None,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    config: Mapping[str, Any] | None = None,
+    stl: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str | torch.device | None = None,
+    quiet: bool = False,
+    tensorboard: bool = False,
+    plots: bool = True,
+    **settings: Any,
+) -> dict[str, Any]:
+    """Trains ``problem`` with one method into ``out`` and returns its results (``results.json``).
+
+    Args:
+        problem: a :class:`fmtl.train.Problem` (e.g. :meth:`~fmtl.train.Problem.from_modules`), or
+            ``None`` to build the one the configuration names (``benchmark = "qm9"``, or a
+            ``"FILE.py:NAME"`` problem file).
+        out: the run directory (default ``runs/<problem>-<method>-seed<S>``).
+        config: a configuration (e.g. a run's ``config.toml``), under ``settings``.
+        stl: the STL reference for Δp: ``None`` (trained first into a sibling directory, then
+            reused), ``"none"`` (no Δp), or a finished STL run's directory.
+        resume: continue the unfinished run in ``out`` (bitwise equal to an uninterrupted run).
+        overwrite: replace a different run in ``out`` (only fmtl's files are deleted).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` … (default: CUDA when available, else CPU).
+        quiet: no progress bar and no per-epoch lines.
+        tensorboard: also write TensorBoard events (if the package is installed).
+        plots: write the PNG plots at the end.
+        **settings: run settings (:data:`fmtl.train.config.DEFAULTS`: ``method``, ``epochs``,
+            ``batch_size``, ``lr``, ``optimizer``, ``seed``, ``amp``, ``accumulate``, ``compile`` …)
+            and the tables ``opts`` (the method's hyperparameters), ``data``, ``model``.
+
+    Returns:
+        The run's results, plus ``"reused": True`` when ``out`` held this finished run already.
+
+    Raises:
+        TrainingDiverged: a non-finite loss or gradient (names the tasks and the step).
+        fmtl.train.runs.RunDirError: ``out`` holds another run, or an unfinished one without ``resume``.
+        fmtl.train.checkpoint.CheckpointError: ``resume`` with an unusable checkpoint.
+    """
+    cfg = configure(problem, config, settings)
+    check(cfg, problem)
+    out = Path(out) if out is not None else runs.default_out(cfg)
+    todo = runs.prepare(out, cfg, resume=resume, overwrite=overwrite)
+    if todo == "finished":
+        return {**runs.read_results(out), "reused": True}
+    if problem is None:
+        with _rng_fork(torch.device("cpu")):
+            problem = problems.build(cfg)
+    reference, stl_dir, stl_todo = runs.find_stl(cfg, out, None if stl is None else str(stl))
+    if stl_todo in ("new", "resume"):
+        if not quiet:
+            print(f"fmtl: training the STL baseline first (all single-task models as one vectorized "
+                  f"ensemble) into {stl_dir}; later runs with the same settings reuse it", flush=True)  # fmt: skip
+        scfg = runs.normalize(runs.stl_config(cfg))
+        reference = stl_reference(train(scfg, stl_dir, problem=problem, resume=stl_todo == "resume",
+                                             quiet=quiet, device=device))  # fmt: skip
+    res = train(cfg, out, problem=problem, resume=todo == "resume", stl_reference=reference,
+                stl_dir=None if stl_dir is None else str(stl_dir), quiet=quiet, tensorboard=tensorboard, plots=plots,
+                device=device)  # fmt: skip
+    return {**res, "reused": False}
+
+
+def train(
+    cfg: Mapping[str, Any],
+    out: str | os.PathLike[str],
+    *,
+    problem: Problem | None = None,
+    resume: bool = False,
+    stl_reference: Mapping[str, Any] | None = None,
+    stl_dir: str | None = None,
+    quiet: bool = False,
+    tensorboard: bool = False,
+    plots: bool = True,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Trains the run ``cfg`` into the prepared directory ``out``: assemble → restore → loop → finish.
+
+    Args:
+        cfg: a resolved configuration (:func:`configure`).
+        out: output directory (created; its contents are managed by :mod:`fmtl.train.runs`).
+        problem: the problem (default: built from ``cfg["benchmark"]``).
+        resume: continue from ``out/checkpoint.pt`` (bitwise equal to an uninterrupted run).
+        stl_reference: STL's ``{"val", "test"}`` metrics for Δp and model selection.
+        stl_dir: where the reference came from (recorded in the results).
+        quiet, tensorboard, plots, device: as for :func:`fit`.
+    """
+    out = Path(out)
+    world = worlds.start(devices.resolve(device))
+    if world.main:
+        out.mkdir(parents=True, exist_ok=True)
+    with _rng_fork(world.device):
+        torch.manual_seed(int(cfg["seed"]))  # dropout masks follow the run's seed
+        problem = problem if problem is not None else problems.build(cfg)
+        run = assemble(cfg, problem, world)
+        params, state, progress, resumed = restore(out, dict(cfg), run.params, run.state, len(run.problem.tasks),
+                                                   world.device, resume)  # fmt: skip
+        steps = build_steps(run, cfg, strategy_of(run, cfg, params, progress.extra, world), world)
+        truncate = (progress.extra["metrics_bytes"] if resumed else 0) if resume else None
+        reference = stl_reference if cfg["method"] != "stl" else None
+        with Log(out, world.main, tensorboard, truncate) as log:
+            if world.main:
+                atomic.write(out / runs.CONFIG, dumps(cfg))
+            save = Saver(out, dict(cfg), progress, log, world.main, world.device)
+
+            def evaluate(p: Any, s: Any, epoch: int) -> dict[str, Any]:
+                buffers = s.buffers if run.problem.buffers is not None else None
+                return {"epoch": epoch, "step": progress.position["step"],
+                        **evaluate_epoch(run.problem, p, buffers, batch_size=int(cfg["eval_batch_size"]),
+                                         device=world.device, reference=reference)}  # fmt: skip
+
+            t0 = time.perf_counter() - float(progress.extra["wall_s"])
+            try:
+                params, state = loop(cfg, run.problem, steps, params, state, progress, world=world, log=log,
+                                     save=save, evaluate=evaluate, quiet=quiet)  # fmt: skip
+            except TrainingDiverged as e:
+                raise TrainingDiverged(f"training diverged at {e}; {save.intact()}") from None
+            res = results(cfg, run.problem, progress, reference=stl_reference, stl_dir=stl_dir,
+                          wall=time.perf_counter() - t0, world_size=world.size,
+                          device=str(world.device)) if world.main else {}  # fmt: skip
+        if world.main:
+            finish(out, res, plots)
+    world.stop()
+    return res
+

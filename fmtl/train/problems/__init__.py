@@ -1,0 +1,253 @@
+"""The problems ``fmtl train`` can train: a registry of named benchmarks, and users' problem files.
+
+A run names its problem in the ``benchmark`` setting:
+
+* a registered name (``fmtl train --benchmark qm9``): the built-ins are modules of this package
+  (:mod:`~fmtl.train.problems.qm9`, :mod:`~fmtl.train.problems.synthetic`), each calling
+  :func:`register` once; a new benchmark is one more module and one import line below;
+* ``FILE.py:NAME`` (``fmtl train --problem my_problem.py:make``): ``NAME`` is a function in that
+  file returning a :class:`fmtl.train.Problem`. It is called with the ``--data`` and ``--model``
+  options as keyword arguments (and ``seed=`` when it takes a ``seed`` parameter), after
+  ``torch.manual_seed(seed)``, so modules built inside it are initialized from the run's seed.
+
+:func:`resolve` fills a problem's defaults into a run configuration (epochs, batch size, learning
+rate, dataset and model options); problem files (and unregistered ``Problem`` objects given to
+:func:`fmtl.train.fit`) get :data:`GENERIC_SETTINGS`. :func:`build`
+loads the datasets and builds the model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import re
+import sys
+import zlib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NamedTuple
+
+import torch
+
+from ..problem import Problem
+
+__all__ = ["Benchmark", "GENERIC_SETTINGS", "register", "names", "is_file", "file_spec", "label", "resolve",
+           "load_module", "build", "default_threads"]  # fmt: skip
+
+#: Run-setting defaults of a problem that does not set its own (problem files).
+GENERIC_SETTINGS: dict[str, Any] = {"epochs": 10, "batch_size": 64, "lr": 1e-3, "eval_batch_size": 256,
+                                    "log_every": 10}  # fmt: skip
+
+
+class Benchmark(NamedTuple):
+    """A registered problem: how to build it from a resolved configuration, and its defaults.
+
+    Attributes:
+        build: ``build(cfg) -> Problem`` (``cfg`` resolved: ``cfg["data"]``, ``cfg["model"]``, ``cfg["seed"]`` …).
+        settings: run-setting defaults (``epochs``, ``batch_size``, ``lr``, ``eval_batch_size``,
+            ``log_every``); :data:`GENERIC_SETTINGS` fill in the ones ``register`` was not given.
+        data: default dataset options (the ``--data`` table).
+        model: ``model(data) -> default model options`` (the ``--model`` table), given the data options.
+        threads: ``threads(cfg) -> CPU threads`` a run uses unless ``--threads`` says otherwise
+            (``None``: torch's default).
+    """
+
+    build: Callable[[Mapping[str, Any]], Problem]
+    settings: dict[str, Any]
+    data: dict[str, Any]
+    model: Callable[[Mapping[str, Any]], dict[str, Any]]
+    threads: Callable[[Mapping[str, Any]], int | None]
+
+
+_REGISTRY: dict[str, Benchmark] = {}
+
+
+def register(
+    name: str,
+    build: Callable[[Mapping[str, Any]], Problem],
+    *,
+    settings: Mapping[str, Any] | None = None,
+    data: Mapping[str, Any] | None = None,
+    model: Mapping[str, Any] | Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
+    threads: int | None | Callable[[Mapping[str, Any]], int | None] = None,
+    replace: bool = False,
+) -> None:
+    """Registers a problem under ``name`` (``fmtl train --benchmark NAME``); see :class:`Benchmark`.
+
+    Example:
+        >>> from fmtl.train.problems import synthetic
+        >>> register("tiny_synthetic", synthetic.build, settings={"epochs": 1}, data={"n": 32, "n_eval": 8},
+        ...          model={"hidden": [8]})
+        >>> "tiny_synthetic" in names(), resolve({"benchmark": "tiny_synthetic"})["model"]
+        (True, {'hidden': [8]})
+        >>> register("tiny_synthetic", synthetic.build)
+        Traceback (most recent call last):
+        ...
+        ValueError: a problem named 'tiny_synthetic' is registered already (replace=True replaces it)
+        >>> _ = _REGISTRY.pop("tiny_synthetic")
+    """
+    if not re.fullmatch(r"[A-Za-z][\w\-]*", name):
+        raise ValueError(f"a problem name is letters, digits, '_' and '-', starting with a letter; got {name!r}")
+    if name in _REGISTRY and not replace:
+        raise ValueError(f"a problem named {name!r} is registered already (replace=True replaces it)")
+    model_defaults = model if callable(model) else (lambda data, m=dict(model or {}): dict(m))
+    thread_rule = threads if callable(threads) else (lambda cfg, n=threads: n)
+    _REGISTRY[name] = Benchmark(build, {**GENERIC_SETTINGS, **(settings or {})}, dict(data or {}), model_defaults,
+                                thread_rule)  # fmt: skip
+
+
+def names() -> list[str]:
+    """The registered problem names (what ``fmtl train --benchmark`` accepts).
+
+    Example:
+        >>> names()
+        ['qm9', 'synthetic']
+    """
+    return sorted(_REGISTRY)
+
+
+def is_file(benchmark: str) -> bool:
+    """Whether ``benchmark`` names a problem file (``FILE.py:NAME``) rather than a registered problem.
+
+    Example:
+        >>> is_file("qm9"), is_file("my/problem.py:make")
+        (False, True)
+    """
+    return ".py:" in str(benchmark)
+
+
+def file_spec(text: str) -> str:
+    """``FILE.py:NAME`` with FILE made absolute, after checking that the file exists and NAME is a name.
+
+    Example:
+        >>> file_spec("nowhere.py:make")
+        Traceback (most recent call last):
+        ...
+        ValueError: --problem nowhere.py:make: no such file nowhere.py
+    """
+    path, sep, fn = str(text).rpartition(":")
+    if not sep or not path.endswith(".py") or not fn.isidentifier():
+        raise ValueError(f"--problem expects FILE.py:NAME (NAME a function returning a fmtl.train.Problem); "
+                         f"got {text!r}")  # fmt: skip
+    if not Path(path).is_file():
+        raise ValueError(f"--problem {text}: no such file {path}")
+    return f"{Path(path).resolve()}:{fn}"
+
+
+def label(benchmark: str) -> str:
+    """A short name of the problem for directory names: the registered name, or NAME of ``FILE.py:NAME``.
+
+    Example:
+        >>> label("qm9"), label("/tmp/my_problem.py:make")
+        ('qm9', 'make')
+    """
+    return str(benchmark).rpartition(":")[2] if is_file(benchmark) else str(benchmark)
+
+
+def _benchmark(name: str) -> Benchmark:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown benchmark {name!r}; valid: {', '.join(names())} (or --problem FILE.py:NAME)")
+    return _REGISTRY[name]
+
+
+def resolve(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Fills the problem's defaults into every unset setting (``None``) and table entry.
+
+    Example:
+        >>> from fmtl.train.config import DEFAULTS
+        >>> r = resolve({**DEFAULTS, "benchmark": "synthetic", "data": {"n": 64}})
+        >>> r["epochs"], r["data"]["n"], r["model"]["hidden"]
+        (5, 64, [64, 64])
+    """
+    out = dict(cfg)
+    if cfg["benchmark"] not in _REGISTRY:  # a problem file, or a Problem object given to fmtl.train.fit
+        settings, data, model = GENERIC_SETTINGS, {}, {}
+    else:
+        spec = _REGISTRY[cfg["benchmark"]]
+        settings, data = spec.settings, spec.data
+        model = spec.model({**data, **(cfg.get("data") or {})})
+    for k, v in settings.items():
+        if out.get(k) is None:
+            out[k] = v
+    out["data"] = {**data, **(cfg.get("data") or {})}
+    out["model"] = {**model, **(cfg.get("model") or {})}
+    out["opts"] = dict(cfg.get("opts") or {})
+    return out
+
+
+def load_module(spec: str) -> ModuleType:
+    """Imports the file of a ``FILE.py:NAME`` problem once per process (its top level runs once).
+
+    The top level of a problem file may register what the run needs by name, e.g. its own
+    balancer with ``fmtl.balancers.register(name, factory)``, so ``--method`` can name it:
+    ``fmtl train`` imports the file before it checks the other settings.
+    """
+    path, _, _ = spec.rpartition(":")
+    if not Path(path).is_file():
+        raise ValueError(f"problem file {path} does not exist (any more)")
+    module_name = f"fmtl_problem_{zlib.crc32(path.encode()):08x}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    loader = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(loader)
+    sys.modules[module_name] = module  # dataclasses and pickling look modules up by name
+    try:
+        loader.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
+
+
+def _load_file(spec: str, cfg: Mapping[str, Any]) -> Problem:
+    path, _, fn = spec.rpartition(":")
+    factory = getattr(load_module(spec), fn, None)
+    if not callable(factory):
+        raise ValueError(f"{path} has no function {fn!r} (--problem FILE.py:NAME names a function returning a Problem)")
+    kwargs = {**cfg["data"]}
+    clash = sorted(set(kwargs) & set(cfg["model"]))
+    if clash:
+        raise ValueError(f"--data and --model both set {clash} for {spec}")
+    kwargs.update(cfg["model"])
+    params = inspect.signature(factory).parameters
+    if "seed" in params:
+        kwargs["seed"] = cfg["seed"]
+    torch.manual_seed(int(cfg["seed"]))
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as e:
+        raise ValueError(f"{spec}: cannot be called with {sorted(kwargs)} (from --data/--model): {e}") from None
+    problem = factory(**kwargs)
+    if not isinstance(problem, Problem):
+        raise ValueError(f"{spec} returned a {type(problem).__name__}, not a fmtl.train.Problem")
+    return problem.check()
+
+
+def build(cfg: Mapping[str, Any]) -> Problem:
+    """Loads the datasets and builds the model and losses of a resolved configuration.
+
+    Example:
+        >>> from fmtl.train.config import DEFAULTS
+        >>> p = build(resolve({**DEFAULTS, "benchmark": "synthetic", "data": {"n": 32, "n_eval": 8}}))
+        >>> p.tasks, len(p.splits["val"])
+        (('t0', 't1', 't2', 't3'), 8)
+    """
+    if is_file(cfg["benchmark"]):
+        return _load_file(cfg["benchmark"], cfg)
+    return _benchmark(cfg["benchmark"]).build(cfg).check()
+
+
+def default_threads(cfg: Mapping[str, Any]) -> int | None:
+    """CPU threads a run uses unless ``--threads`` says otherwise (``None``: torch's default).
+
+    Example:
+        >>> default_threads({"benchmark": "qm9", "data": {"representation": "descriptor"}})
+        1
+        >>> default_threads({"benchmark": "qm9", "data": {"representation": "graph"}}) is None
+        True
+    """
+    return None if is_file(cfg["benchmark"]) else _benchmark(cfg["benchmark"]).threads(cfg)
+
+
+from . import qm9, synthetic  # noqa: E402,F401  (the built-ins register themselves; add new benchmarks here)

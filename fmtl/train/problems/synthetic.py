@@ -1,0 +1,65 @@
+"""The ``synthetic`` benchmark: regression tasks with controllable imbalance, seconds per run.
+
+:func:`fmtl.data.load` ``("synthetic")`` (loss-scale and gradient-magnitude imbalance between
+tasks), an HPS MLP (:func:`fmtl.models.mlp_hps`, one linear head per task), MSE losses, scored by
+the test MSE. Used by the tests and for smoke checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ...losses import mse
+from ..evaluate import regression
+from ..problem import SPLITS, Problem
+
+__all__ = ["build", "mlp_problem", "load_splits"]
+
+
+def load_splits(name: str, data: Mapping[str, Any]) -> dict:
+    """The train, val and test splits of ``fmtl.data.load(name, split, **data)``."""
+    from ... import data as fdata
+
+    return {s: fdata.load(name, s, **data) for s in SPLITS}
+
+
+def mlp_problem(name: str, cfg: Mapping[str, Any], splits: dict, in_dim: int) -> Problem:
+    """An HPS MLP (hidden sizes ``cfg["model"]["hidden"]``) with MSE losses on ``fmtl.data`` splits.
+
+    Each task is scored by its dataset metrics (``TaskInfo.metrics``: MAE in the dataset's units
+    through ``ds.mae_scale`` when it has one, and/or MSE).
+    """
+    from ...models import mlp_hps
+
+    train = splits["train"]
+    tasks = tuple(train.tasks)
+    model = mlp_hps(in_dim, hidden=tuple(cfg["model"]["hidden"]), tasks=dict.fromkeys(tasks, 1), seed=cfg["seed"])
+    scale = getattr(train, "mae_scale", None)
+    metrics = {t: regression(train.task_info[t].metrics, float(scale[i]) if scale is not None else 1.0,
+                             train.task_info[t].unit) for i, t in enumerate(tasks)}  # fmt: skip
+    return Problem.from_model(model, splits, {t: mse for t in tasks}, metrics, name=name, input_key="x")
+
+
+def build(cfg: Mapping[str, Any]) -> Problem:
+    """The synthetic problem of a resolved configuration.
+
+    Example:
+        >>> p = build({"data": {"n": 16, "n_eval": 4, "num_tasks": 2, "dim": 3}, "model": {"hidden": [4]}, "seed": 0})
+        >>> p.tasks, p.metrics["t0"].names
+        (('t0', 't1'), ('mse',))
+    """
+    splits = load_splits("synthetic", cfg["data"])
+    return mlp_problem("synthetic", cfg, splits, int(splits["train"][[0]]["x"].shape[-1]))
+
+
+def _register() -> None:
+    from . import register
+
+    register("synthetic", build,
+             settings={"epochs": 5, "batch_size": 64, "lr": 1e-3, "eval_batch_size": 1024, "log_every": 1},
+             data={"num_tasks": 4, "dim": 32, "n": 2048, "n_eval": 512}, model={"hidden": [64, 64]},
+             threads=1)  # fmt: skip
+
+
+_register()
