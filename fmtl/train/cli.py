@@ -106,8 +106,8 @@ def _flag_layer(args: argparse.Namespace) -> dict[str, Any]:
     return layer
 
 
-def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults ← ``--config`` file ← flags, resolved with the benchmark's defaults.
+def config_from_args(args: argparse.Namespace, method: str | None = None) -> dict[str, Any]:
+    """Defaults ← ``--config`` file ← flags (``method``, when given, over both), resolved with the benchmark's defaults.
 
     Example:
         >>> a = build_parser().parse_args(["train", "--benchmark", "synthetic", "--opt", "beta=0.5"])
@@ -118,7 +118,10 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
     from .fit import configure
 
     file_layer = load_toml(args.config) if args.config else {}
-    return configure(None, merge(DEFAULTS, file_layer), _flag_layer(args))
+    flags = _flag_layer(args)
+    if method is not None:
+        flags["method"] = method
+    return configure(None, merge(DEFAULTS, file_layer), flags)
 
 
 def _valid_methods() -> list[str]:
@@ -194,7 +197,9 @@ def _compare(args: argparse.Namespace) -> int:
     from .fit import check
     from .problems import label
 
-    cfg = config_from_args(args)
+    # The base of every row, resolved as the STL reference's: each row sets its method, and its
+    # benchmark's defaults for that method (fit fills them per run) must not reach the other rows.
+    cfg = config_from_args(args, method="stl")
     device = resolve(args.device)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
