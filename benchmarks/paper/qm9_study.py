@@ -534,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the runs directory whose β grid selects β (default --runs): e.g. a second --runs "
                         "directory for the same experiments under newer code, its STL references linked in")
     p.add_argument("--results", default="qm9", help="prefix of the results/ files collect writes")
+    p.add_argument("--rows", help="run only the rows whose label contains this text")
     a = p.parse_args(argv)
     grid = summarize(experiments(None)["beta_grid"], a.selected_from or a.runs, {})
     selected = select_beta(grid)
@@ -556,7 +557,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown or not yet available experiments {unknown} (available: {list(exps)}); "
                          "those after the β grid need the grid finished (and 'sgd' the sgd_lr sweep)")
     seeds = {int(s) for s in a.seeds.split(",")} if a.seeds else None
-    todo = [r for n in a.experiments for _, rs in exps[n].rows for r in rs if seeds is None or r.seed in seeds]
+    todo = [r for n in a.experiments for label, rs in exps[n].rows for r in rs
+            if (seeds is None or r.seed in seeds) and (a.rows is None or a.rows in label)]
     if a.dry_run:
         for r in todo:
             print(" ".join(r.command(a.runs)))
