@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -46,12 +47,12 @@ from .base import Index, TaskInfo, as_index
 from .cache import cache_dir as default_cache_dir
 from .cache import load_tensors, save_tensors
 from .graphs import complete_pairs, csr_gather
-from .qm9_descriptor import DESCRIPTOR_DIM, descriptor
+from .qm9_descriptor import DESCRIPTOR_DIM, check_scaling, descriptor, fit_scaling
 from .qm9_io import read_pyg_raw, read_qm9pack, read_xyz_dir
 
 __all__ = [
     "TARGETS", "UNITS", "REPORT_UNITS", "REPORT_SCALE", "HARTREE_TO_EV", "ATOMREF",
-    "NODE_FEATURES", "SPLIT_SEED", "qm9_targets", "qm9_split", "molecule_descriptor", "QM9",
+    "NODE_FEATURES", "SPLIT_SEED", "qm9_targets", "qm9_split", "molecule_descriptor", "task_columns", "QM9",
     "load_qm9",
 ]  # fmt: skip
 
@@ -210,16 +211,40 @@ def molecule_descriptor(
     return descriptor(z[atoms], pos[atoms], sub_ptr)
 
 
+def task_columns(tasks: Sequence[str] | str | None) -> list[int]:
+    """Columns of :data:`TARGETS` of a task selection (``None``: all 11), in the order of TARGETS.
+
+    ``tasks`` is a sequence of names or one comma-separated string (``--data tasks=mu,U0``).
+
+    Example:
+        >>> task_columns(["U0", "mu"]), task_columns("homo,lumo"), len(task_columns(None))
+        ([0, 6], [2, 3], 11)
+        >>> task_columns(["U0", "energy"])
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown QM9 task(s) ['energy']; valid: mu, alpha, homo, lumo, r2, zpve, U0, U, H, G, cv
+    """
+    if tasks is None:
+        return list(range(len(TARGETS)))
+    names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
+    unknown = [t for t in names if t not in TARGETS]
+    if unknown:
+        raise ValueError(f"unknown QM9 task(s) {unknown}; valid: {', '.join(TARGETS)}")
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"QM9 tasks must be distinct names, at least one; got {names}")
+    return sorted(TARGETS.index(t) for t in names)
+
+
 class QM9:
     """One split of QM9, indexed by batches of molecules (see module docstring for targets).
 
     Attributes:
-        tasks: the 11 target names :data:`TARGETS`.
+        tasks: the target names, :data:`TARGETS` or the ``tasks`` selection (in TARGETS' order).
         task_info: per task, MAE (lower is better) in the reported unit.
-        units, report_units: per-task stored and reported units; ``report_scale`` [11].
-        target_mean, target_std: float64 [11] train statistics in stored units.
-        mae_scale: float32 [11], ``target_std * report_scale``.
-        targets: float64 [n, 11] un-normalised targets of this split (stored units).
+        units, report_units: per-task stored and reported units; ``report_scale`` [T].
+        target_mean, target_std: float64 [T] train statistics in stored units.
+        mae_scale: float32 [T], ``target_std * report_scale``.
+        targets: float64 [n, T] un-normalised targets of this split (stored units).
         gdb_idx: long [n] GDB-9 index of each row.
 
     Batches (``ds[index]``):
@@ -233,15 +258,16 @@ class QM9:
     * ``representation="descriptor"``: ``TensorDict(batch_size=[B])`` with ``x`` float32
       [B, 169] and ``y``; ``x`` is the :mod:`qm9_descriptor` standardised with the mean/std
       (``x_mean``, ``x_std``) of the first 10,000 train molecules (a random sample, the same
-      for every split).
+      for every split); ``scaling="asinh"`` and ``clip=c`` bound its outlying tails
+      (:func:`~fmtl.data.qm9_descriptor.fit_scaling`; the statistics are the same train rows).
+
+    ``tasks`` keeps a subset of the 11 targets (e.g. one of the nearly identical energies
+    U0/U/H/G): ``y``, the metrics and the losses then have T < 11 columns.
 
     Edges: ``edges="complete"`` (default, Nash-MTL's ``Complete`` transform: every ordered
     pair of distinct atoms of a molecule), ``"cutoff"`` (pairs closer than ``cutoff`` Å) or
     ``"bonds"`` (pairs with d < 1.3 (r_cov,i + r_cov,j)).
     """
-
-    units = UNITS
-    report_units = REPORT_UNITS
 
     def __init__(
         self,
@@ -254,15 +280,22 @@ class QM9:
         cutoff: float = 5.0,
         rbf: int = 0,
         descriptor_table: torch.Tensor | None = None,
+        scaling: str = "standard",
+        clip: float | None = None,
+        tasks: Sequence[str] | str | None = None,
     ) -> None:
         if representation not in ("graph", "descriptor"):
             raise ValueError(
                 f"representation must be 'graph' or 'descriptor'; got {representation!r}"
             )
+        if representation == "graph" and (scaling != "standard" or clip is not None):
+            raise ValueError("scaling and clip apply to representation='descriptor' only")
+        check_scaling(scaling, clip)  # before any descriptor is computed
+        cols = task_columns(tasks)
         if edges not in ("complete", "cutoff", "bonds"):
             raise ValueError(f"edges must be 'complete', 'cutoff' or 'bonds'; got {edges!r}")
         n_mol = len(raw["ptr"]) - 1
-        all_targets = qm9_targets(raw)
+        all_targets = qm9_targets(raw)[:, cols]
         train = qm9_split(n_mol, "train")
         self.target_mean = all_targets[train].mean(0)
         self.target_std = all_targets[train].std(0)
@@ -276,12 +309,14 @@ class QM9:
         self.gdb_idx = raw["gdb_idx"][rows]
         self.targets = all_targets[rows]
         self.y = ((self.targets - self.target_mean) / self.target_std).float()
-        self.report_scale = REPORT_SCALE.clone()
-        self.mae_scale = (self.target_std * REPORT_SCALE.double()).float()
-        self.tasks = TARGETS
+        self.report_scale = REPORT_SCALE[cols].clone()
+        self.mae_scale = (self.target_std * self.report_scale.double()).float()
+        self.tasks = tuple(TARGETS[c] for c in cols)
+        self.units = tuple(UNITS[c] for c in cols)
+        self.report_units = tuple(REPORT_UNITS[c] for c in cols)
         self.task_info = {
             t: TaskInfo("regression", ("mae",), (False,), unit=u)
-            for t, u in zip(TARGETS, REPORT_UNITS, strict=True)
+            for t, u in zip(self.tasks, self.report_units, strict=True)
         }
         self.x: torch.Tensor | None = None
         if representation == "descriptor":
@@ -291,10 +326,9 @@ class QM9:
             else:
                 stats = molecule_descriptor(self.z, self.pos, self.ptr, stats_rows)
                 x = molecule_descriptor(self.z, self.pos, self.ptr, rows)
-            std = stats.std(0)
-            self.x_mean = stats.mean(0)
-            self.x_std = torch.where(std > 1e-6, std, torch.ones_like(std))
-            self.x = ((x - self.x_mean) / self.x_std).float()
+            self.scaling = fit_scaling(stats, scaling, clip)
+            self.x_mean, self.x_std = self.scaling.mean, self.scaling.std
+            self.x = self.scaling(x)
 
     def __len__(self) -> int:
         return len(self.mol)
@@ -318,15 +352,15 @@ class QM9:
         return DESCRIPTOR_DIM
 
     def denormalize(self, y: torch.Tensor) -> torch.Tensor:
-        """Normalised ``[..., 11]`` values → stored units: ``y · std + mean``."""
+        """Normalised ``[..., T]`` values → stored units: ``y · std + mean``."""
         return y.double() * self.target_std + self.target_mean
 
     def to_report_units(self, y: torch.Tensor) -> torch.Tensor:
-        """Normalised ``[..., 11]`` values → the paper's units (meV for the energies)."""
-        return self.denormalize(y) * REPORT_SCALE.double()
+        """Normalised ``[..., T]`` values → the paper's units (meV for the energies)."""
+        return self.denormalize(y) * self.report_scale.double()
 
     def mae(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-task MAE ``[11]`` (float64) in the paper's units of normalised ``pred``/``y`` ``[B, 11]``."""
+        """Per-task MAE ``[T]`` (float64) in the paper's units of normalised ``pred``/``y`` ``[B, T]``."""
         return mae(pred, y, self.mae_scale)
 
     def __getitem__(self, index: Index) -> TensorDict:
@@ -394,6 +428,9 @@ def load_qm9(
     edges: str = "complete",
     cutoff: float = 5.0,
     rbf: int = 0,
+    scaling: str = "standard",
+    clip: float | None = None,
+    tasks: Sequence[str] | str | None = None,
     cache: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> QM9:
@@ -409,6 +446,10 @@ def load_qm9(
         source: ``"qm9pack"`` (the ``[data]`` extra), ``"xyz"`` (a directory of
             ``dsgdb9nsd_*.xyz``) or ``"pyg"`` (``root/raw/gdb9.sdf{,.csv}``).
         edges, cutoff, rbf: graph edges and edge features (see :class:`QM9`).
+        scaling, clip: descriptor input scaling, ``"standard"`` or ``"asinh"``, then an
+            optional clamp to ±``clip`` (see :class:`QM9`; the cache holds the raw descriptors,
+            so every scaling reads the same cache file).
+        tasks: a subset of :data:`TARGETS` (names, or one comma-separated string).
         cache: read/write the cache; a corrupt cache file is rebuilt (with a warning).
         cache_dir: where caches live (overrides the defaults above).
 
@@ -417,6 +458,7 @@ def load_qm9(
         >>> ds[[0, 1]]["y"].shape  # doctest: +SKIP
         torch.Size([2, 11])
     """
+    task_columns(tasks)  # bad names fail before any file is read
     raw, path = _read_raw(source, root, cache, None if cache_dir is None else str(cache_dir))
     table = None
     if representation == "descriptor":  # the full table is built (and cached) unless subset
@@ -430,4 +472,7 @@ def load_qm9(
         cutoff=cutoff,
         rbf=rbf,
         descriptor_table=table,
+        scaling=scaling,
+        clip=clip,
+        tasks=tasks,
     )

@@ -215,3 +215,42 @@ def test_batches_over_graphs_shard_by_rank(cache_val) -> None:
     for k, b in enumerate(full):
         assert torch.equal(torch.cat([shards[0][k]["y"], shards[1][k]["y"]]), b["y"])
         assert torch.equal(torch.cat([shards[0][k]["z"], shards[1][k]["z"]]), b["z"])
+
+
+def test_task_subset_is_the_same_columns(cache: Path) -> None:
+    full = load("qm9", "val", root=cache, subset=50)
+    part = load("qm9", "val", root=cache, subset=50, tasks=["U0", "mu", "homo"])
+    cols = [0, 2, 6]
+    assert part.tasks == ("mu", "homo", "U0") and list(part.task_info) == list(part.tasks)
+    assert part.report_units == ("D", "meV", "meV") and part.units == ("D", "eV", "eV")
+    assert torch.equal(part.y, full.y[:, cols]) and torch.equal(part.mae_scale, full.mae_scale[cols])
+    assert torch.equal(part.target_std, full.target_std[cols])
+    assert part[[0, 1]]["y"].shape == (2, 3)
+    same = load("qm9", "val", root=cache, subset=50, tasks="U0,mu,homo")  # the CLI's comma form
+    assert same.tasks == part.tasks
+
+
+def test_bad_task_names_fail_before_reading(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown QM9 task\(s\) \['U1'\]"):
+        load("qm9", "val", root=tmp_path, tasks=["U0", "U1"])
+    with pytest.raises(ValueError, match="distinct"):
+        load("qm9", "val", root=tmp_path, tasks=["U0", "U0"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_descriptor_scalings(cache: Path) -> None:
+    kw = {"root": cache, "representation": "descriptor", "subset": 300}
+    std = load("qm9", "train", **kw)
+    explicit = load("qm9", "train", **kw, scaling="standard")
+    assert torch.equal(std.x, explicit.x)
+    clipped = load("qm9", "train", **kw, clip=5.0)
+    assert float(clipped.x.abs().max()) <= 5.0 and float(std.x.abs().max()) > 5.0
+    torch.testing.assert_close(clipped.x, std.x.clamp(-5, 5))
+    asinh = load("qm9", "test", **{**kw, "subset": 20}, scaling="asinh")
+    assert torch.equal(asinh.x_mean, std.x_mean)  # the same train statistics for every split and scaling
+    raw = molecule_descriptor(asinh.z, asinh.pos, asinh.ptr, asinh.mol)
+    torch.testing.assert_close(asinh.x, torch.asinh((raw - std.x_mean) / std.x_std))
+    with pytest.raises(ValueError, match="apply to representation"):
+        load("qm9", "val", root=cache, subset=2, clip=5.0)  # the graph representation has no x
+    with pytest.raises(ValueError, match="scaling"):
+        load("qm9", "val", **kw, scaling="robust")

@@ -160,8 +160,8 @@ def _flag_layer(args: argparse.Namespace) -> dict[str, Any]:
     return layer
 
 
-def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults ← ``--config`` file ← flags, resolved with the benchmark's defaults.
+def config_from_args(args: argparse.Namespace, method: str | None = None) -> dict[str, Any]:
+    """Defaults ← ``--config`` file ← flags (``method``, when given, over both), resolved with the benchmark's defaults.
 
     Example:
         >>> a = build_parser().parse_args(["train", "--benchmark", "synthetic", "--opt", "beta=0.5"])
@@ -172,7 +172,10 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
     from .fit import configure
 
     file_layer = load_toml(args.config) if args.config else {}
-    return configure(None, merge(DEFAULTS, file_layer), _flag_layer(args))
+    flags = _flag_layer(args)
+    if method is not None:
+        flags["method"] = method
+    return configure(None, merge(DEFAULTS, file_layer), flags)
 
 
 def _print_run(results: dict[str, Any], out: Path, reused: bool) -> None:
@@ -244,7 +247,9 @@ def _compare(args: argparse.Namespace) -> int:
     from .problems import label
 
     validate.command(args)
-    cfg = config_from_args(args)
+    # The base of every row, resolved as the STL reference's: each row sets its method, and its
+    # benchmark's defaults for that method (fit fills them per run) must not reach the other rows.
+    cfg = config_from_args(args, method="stl")
     device = resolve(args.device)
     methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
     if args.preset and methods:

@@ -106,12 +106,15 @@ def configure(problem: Problem | None, config: Mapping[str, Any] | None, setting
     """The resolved run configuration: defaults ← ``config`` ← ``settings``, the problem's defaults filled in.
 
     A :class:`Problem` object names the run's ``benchmark`` (its ``name``); problems that are not
-    registered get :data:`fmtl.train.problems.GENERIC_SETTINGS`.
+    registered get :data:`fmtl.train.problems.GENERIC_SETTINGS`. A benchmark's defaults for the
+    method (:func:`fmtl.train.problems.method_defaults`) go under the given ``opts``.
 
     Example:
         >>> cfg = configure(None, {"benchmark": "synthetic"}, {"method": "ew", "opts": {}, "epochs": 2})
         >>> cfg["method"], cfg["epochs"], cfg["batch_size"]
         ('ew', 2, 64)
+        >>> configure(None, None, {"benchmark": "qm9", "method": "dbmtl", "opts": {"beta": 0.9}})["opts"]
+        {'beta': 0.9, 'beta_sigma': 0.5}
         >>> configure(None, None, {"epoch": 2})
         Traceback (most recent call last):
         ...
@@ -125,6 +128,8 @@ def configure(problem: Problem | None, config: Mapping[str, Any] | None, setting
     cfg = merge(DEFAULTS, config or {}, settings)
     if problem is not None:
         cfg["benchmark"] = problem.name
+    # The benchmark's own defaults for this method (e.g. qm9's β for DB-MTL), under what was given.
+    cfg["opts"] = {**problems.method_defaults(cfg["benchmark"], cfg["method"]), **(cfg.get("opts") or {})}
     return runs.normalize(cfg)
 
 

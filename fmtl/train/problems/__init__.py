@@ -33,7 +33,7 @@ import torch
 from ..problem import Problem
 
 __all__ = ["Benchmark", "GENERIC_SETTINGS", "register", "names", "is_file", "file_spec", "label", "resolve",
-           "load_module", "build", "default_threads"]  # fmt: skip
+           "method_defaults", "load_module", "build", "default_threads"]  # fmt: skip
 
 #: Run-setting defaults of a problem that does not set its own (problem files).
 GENERIC_SETTINGS: dict[str, Any] = {"epochs": 10, "batch_size": 64, "lr": 1e-3, "eval_batch_size": 256,
@@ -55,6 +55,9 @@ class Benchmark(NamedTuple):
         options: the accepted ``--data``/``--model`` options and their types,
             ``{"data": {key: type}, "model": {key: type}}`` or a function of the data options returning
             it (checked by :mod:`fmtl.train.validate`); ``None``: the keys and types of the defaults.
+        opts: per-method hyperparameter defaults of this benchmark, ``{method: {key: value}}``
+            (e.g. the β the paper's protocol selected for it); ``--opt`` overrides them key by key,
+            and the balancer's own defaults fill the rest (:func:`method_defaults`).
     """
 
     build: Callable[[Mapping[str, Any]], Problem]
@@ -64,6 +67,7 @@ class Benchmark(NamedTuple):
     threads: Callable[[Mapping[str, Any]], int | None]
     archs: tuple[str, ...] = ("hps",)
     options: Mapping[str, Mapping[str, Any]] | Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
+    opts: dict[str, dict[str, Any]] = {}
 
 
 _REGISTRY: dict[str, Benchmark] = {}
@@ -79,6 +83,7 @@ def register(
     threads: int | None | Callable[[Mapping[str, Any]], int | None] = None,
     archs: tuple[str, ...] = ("hps",),
     options: Mapping[str, Mapping[str, Any]] | Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+    opts: Mapping[str, Mapping[str, Any]] | None = None,
     replace: bool = False,
 ) -> None:
     """Registers a problem under ``name`` (``fmtl train --benchmark NAME``); see :class:`Benchmark`.
@@ -102,7 +107,8 @@ def register(
     model_defaults = model if callable(model) else (lambda data, m=dict(model or {}): dict(m))
     thread_rule = threads if callable(threads) else (lambda cfg, n=threads: n)
     _REGISTRY[name] = Benchmark(build, {**GENERIC_SETTINGS, **(settings or {})}, dict(data or {}), model_defaults,
-                                thread_rule, tuple(archs), options)  # fmt: skip
+                                thread_rule, tuple(archs), options,
+                                {m: dict(o) for m, o in (opts or {}).items()})  # fmt: skip
 
 
 def names() -> list[str]:
@@ -182,6 +188,20 @@ def resolve(cfg: Mapping[str, Any]) -> dict[str, Any]:
     out["model"] = {**model, **(cfg.get("model") or {})}
     out["opts"] = dict(cfg.get("opts") or {})
     return out
+
+
+def method_defaults(benchmark: str, method: str) -> dict[str, Any]:
+    """The hyperparameters ``benchmark`` sets for ``method`` unless ``--opt`` does (``{}``: the balancer's own).
+
+    :func:`fmtl.train.fit.configure` fills them into a new run's ``opts``, so they are part of the
+    resolved ``config.toml``; a saved configuration is read back as it was written.
+
+    Example:
+        >>> method_defaults("qm9", "dbmtl"), method_defaults("qm9", "ew"), method_defaults("synthetic", "dbmtl")
+        ({'beta': 0.5, 'beta_sigma': 0.5}, {}, {})
+    """
+    spec = _REGISTRY.get(benchmark)
+    return dict(spec.opts.get(method, {})) if spec is not None else {}
 
 
 def load_module(spec: str) -> ModuleType:
