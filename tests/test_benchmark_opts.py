@@ -13,6 +13,7 @@ from fmtl.train import problems
 from fmtl.train.cli import build_parser, config_from_args, main
 from fmtl.train.config import load_toml
 from fmtl.train.problems import synthetic
+from fmtl.train.runs import read_results
 
 OPTS = {"beta": 0.5, "beta_sigma": 0.5}
 
@@ -62,7 +63,8 @@ def test_compare_gives_each_row_its_own_methods_defaults(tmp_path, tiny_with_opt
     assert main(["compare", *tiny_with_opts, "--methods", "ew,dbmtl", "--seeds", "1", "--out", str(out),
                  "--epochs", "1"]) == 0  # fmt: skip
     assert _opts(out / "dbmtl" / "seed0") == OPTS and _opts(out / "ew" / "seed0") == {}
-    assert _opts(out / "stl" / "seed0") == {}
+    stl = read_results(out / "dbmtl" / "seed0")["stl_dir"]  # compare's STL run, shared with train
+    assert _opts(stl) == {}
 
 
 def test_qm9_resolves_dbmtl_to_the_selected_beta_and_the_balancer_keeps_libmtls():
