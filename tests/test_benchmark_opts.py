@@ -64,7 +64,7 @@ def test_compare_gives_each_row_its_own_methods_defaults(tmp_path, tiny_with_opt
                  "--epochs", "1"]) == 0  # fmt: skip
     assert _opts(out / "dbmtl" / "seed0") == OPTS and _opts(out / "ew" / "seed0") == {}
     stl = read_results(out / "dbmtl" / "seed0")["stl_dir"]  # compare's STL run, shared with train
-    assert _opts(stl) == {}
+    assert _opts(Path(stl)) == {}
 
 
 def test_qm9_resolves_dbmtl_to_the_selected_beta_and_the_balancer_keeps_libmtls():
