@@ -63,7 +63,7 @@ def listing() -> str:
 
     Example:
         >>> text = listing()
-        >>> "dbmtl (gradient): beta=0.9" in text and "ew (loss)" in text
+        >>> "dbmtl (jacobian): beta=0.9" in text and "mgda (gramian)" in text and "ew (loss)" in text
         True
     """
     lines = ["benchmarks (default settings; --problem FILE.py:NAME for your own):"]

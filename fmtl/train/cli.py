@@ -214,7 +214,7 @@ def _set_threads(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from .device import resolve
-    from .fit import check, fit
+    from .fit import check, fit, resumed
     from .runs import default_out, read_config
 
     start = time.perf_counter()
@@ -222,7 +222,7 @@ def _train(args: argparse.Namespace) -> int:
     device = resolve(args.device)
     if args.resume:
         out = Path(args.resume)
-        cfg = validate.resumed(read_config(out), args.config and load_toml(args.config), _flag_layer(args), out)
+        cfg = resumed(read_config(out), args.config and load_toml(args.config), _flag_layer(args), out)
     else:
         cfg = for_method(config_from_args(args))  # a shared file's [opts.METHOD] tables (as fmtl tune writes)
         out = Path(args.out) if args.out else default_out(cfg)

@@ -48,7 +48,7 @@ from .records import environment
 from .restore import Saver, restore
 from .selection import stl_reference
 
-__all__ = ["fit", "train", "configure", "check", "SCHEDULERS"]
+__all__ = ["fit", "train", "configure", "resumed", "check", "SCHEDULERS"]
 
 #: The values of ``scheduler`` (``--scheduler``): the step-count schedules, and ``plateau``.
 SCHEDULERS = (*SCHEDULES, "plateau")
@@ -100,6 +100,34 @@ def check(cfg: Mapping[str, Any], problem: Problem | None = None) -> None:
         build_optimizer(cfg, 1)  # unknown or ill-typed scheduler options fail here, before any data is loaded
     except (TypeError, ValueError, ArithmeticError) as e:
         raise ValueError(f"--schedule: {e}") from None
+
+
+def resumed(saved: Mapping[str, Any], file_layer: Mapping[str, Any] | None, flags: Mapping[str, Any],
+            out: str | os.PathLike[str]) -> dict[str, Any]:  # fmt: skip
+    """The configuration of ``--resume DIR``: the saved one; a setting given that differs from it is refused.
+
+    Only :data:`fmtl.train.config.RESUMABLE` settings (``epochs``: train longer) may change.
+
+    Example:
+        >>> saved = configure(None, None, {"benchmark": "synthetic", "method": "ew", "lr": 0.01})
+        >>> resumed(saved, None, {"epochs": 9, "lr": 0.01}, "runs/x")["epochs"]
+        9
+        >>> resumed(saved, None, {"lr": 0.02}, "runs/x")
+        Traceback (most recent call last):
+        ...
+        ValueError: --resume runs/x: lr was 0.01 when the run started, not 0.02; a resumed run keeps ...
+    """
+    from .config import RESUMABLE, differences
+
+    new = configure(None, saved, {"benchmark": saved["benchmark"], **(file_layer or {})})
+    new = configure(None, new, flags)
+    diff = differences(saved, new)
+    if diff:
+        key = diff[0]
+        raise ValueError(f"--resume {out}: {key} was {validate.shown(saved.get(key))} when the run started, not "
+                         f"{validate.shown(new.get(key))}; a resumed run keeps its settings except {list(RESUMABLE)} "
+                         "(start a new run with another --out, or --overwrite)")  # fmt: skip
+    return new
 
 
 def configure(problem: Problem | None, config: Mapping[str, Any] | None, settings: Mapping[str, Any]) -> dict:

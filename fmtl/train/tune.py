@@ -355,7 +355,7 @@ def command(args: Any, cfg: Mapping[str, Any], set_threads: Any) -> int:
         >>> command(a, config_from_args(a), None)
         Traceback (most recent call last):
         ...
-        ValueError: --grid point gamma=1: balancer 'dbmtl' has no hyperparameter(s) ['gamma']; it takes [...]
+        ValueError: --grid point gamma=1: --opt: method 'dbmtl' has no option(s) ['gamma']; valid: [...]
     """
     from .device import resolve
     from .fit import check

@@ -32,8 +32,7 @@ import pydantic
 from pydantic import ConfigDict, Field, TypeAdapter
 
 __all__ = ["Parser", "SETTINGS", "Positive", "NonNegative", "PositiveFloat", "NonNegativeFloat", "FiniteFloat",
-           "check_value", "layer", "settings", "opts", "tables", "OWN_CHECKS", "out_dir", "command",
-           "resumed"]  # fmt: skip
+           "check_value", "layer", "settings", "opts", "tables", "OWN_CHECKS", "out_dir", "command"]  # fmt: skip
 
 #: An integer >= 1 (sizes, counts), an integer >= 0, a finite float > 0, >= 0, any finite float.
 Positive = Annotated[int, Field(ge=1)]
@@ -96,7 +95,8 @@ def _adapter(hint: Any) -> TypeAdapter | None:
         return None  # a type pydantic cannot check (never given on a command line): left to the code using it
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
+    """``repr(value)``, cut to 60 characters (for error messages)."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -128,7 +128,7 @@ def check_value(name: str, value: Any, hint: Any) -> None:
         # a union reports one error per member: the member that "almost" matched is the most useful one
         err = min(errors, key=lambda x: ("type" in x["type"], -len(x["loc"])))
         msg = err["msg"][0].lower() + err["msg"][1:]
-        raise ValueError(f"{name}: {msg} (got {_shown(value)})") from None
+        raise ValueError(f"{name}: {msg} (got {shown(value)})") from None
 
 
 def layer(values: Mapping[str, Any]) -> None:
@@ -146,7 +146,7 @@ def layer(values: Mapping[str, Any]) -> None:
     for key, value in values.items():
         if key in ("opts", "data", "model"):
             if value is not None and not isinstance(value, Mapping):
-                raise ValueError(f"{key}: must be a table of options (got {_shown(value)})")
+                raise ValueError(f"{key}: must be a table of options (got {shown(value)})")
         elif value is not None and key in SETTINGS:
             check_value(key, value, SETTINGS[key])
 
@@ -286,7 +286,7 @@ def out_dir(path: str | os.PathLike[str], flag: str = "--out") -> None:
     path_max = os.pathconf(ancestor if ancestor.is_dir() else ancestor.parent, "PC_PATH_MAX")
     long = [part for part in p.absolute().parts if len(os.fsencode(part)) > name_max]
     if long:
-        raise ValueError(f"{flag} {p}: the name {_shown(long[0])} is longer than the file system's "
+        raise ValueError(f"{flag} {p}: the name {shown(long[0])} is longer than the file system's "
                          f"{name_max} bytes")  # fmt: skip
     # the longest file a run writes inside it (the checkpoint's temporary file)
     if len(os.fsencode(str(p.absolute()))) + 40 > path_max:
@@ -321,33 +321,3 @@ def command(args: Any) -> None:
     stl = getattr(args, "stl", None)
     if stl is not None and stl.lower() != "none" and not Path(stl).is_dir():
         raise ValueError(f"--stl {stl}: no such directory (give a finished STL run's directory, or 'none')")
-
-
-def resumed(saved: Mapping[str, Any], file_layer: Mapping[str, Any] | None, flags: Mapping[str, Any],
-            out: str | os.PathLike[str]) -> dict[str, Any]:  # fmt: skip
-    """The configuration of ``--resume DIR``: the saved one; a setting given that differs from it is refused.
-
-    Only :data:`fmtl.train.config.RESUMABLE` settings (``epochs``: train longer) may change.
-
-    Example:
-        >>> from fmtl.train.fit import configure
-        >>> saved = configure(None, None, {"benchmark": "synthetic", "method": "ew", "lr": 0.01})
-        >>> resumed(saved, None, {"epochs": 9, "lr": 0.01}, "runs/x")["epochs"]
-        9
-        >>> resumed(saved, None, {"lr": 0.02}, "runs/x")
-        Traceback (most recent call last):
-        ...
-        ValueError: --resume runs/x: lr was 0.01 when the run started, not 0.02; a resumed run keeps ...
-    """
-    from .config import RESUMABLE, differences
-    from .fit import configure
-
-    new = configure(None, saved, {"benchmark": saved["benchmark"], **(file_layer or {})})
-    new = configure(None, new, flags)
-    diff = differences(saved, new)
-    if diff:
-        key = diff[0]
-        raise ValueError(f"--resume {out}: {key} was {_shown(saved.get(key))} when the run started, not "
-                         f"{_shown(new.get(key))}; a resumed run keeps its settings except {list(RESUMABLE)} "
-                         "(start a new run with another --out, or --overwrite)")  # fmt: skip
-    return new
