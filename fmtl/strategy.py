@@ -51,6 +51,7 @@ from .params import check_params, task_names
 
 __all__ = [
     "CANDIDATES", "PRUNE", "ROUNDS", "Plan", "choose", "choose_strategy", "rule", "cache_key", "decisions", "clear",
+    "out_of_memory",
 ]  # fmt: skip
 
 CANDIDATES = CONCRETE
@@ -138,12 +139,31 @@ def _time(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+def out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation failure: CUDA's ``OutOfMemoryError``, or the CPU allocator's.
+
+    The CPU allocator raises a plain ``RuntimeError`` ("DefaultCPUAllocator: can't allocate memory"),
+    so a vectorized candidate that does not fit in host memory must be recognized by its message.
+
+    Example:
+        >>> out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 4 GB"))
+        True
+        >>> out_of_memory(torch.OutOfMemoryError("CUDA out of memory")), out_of_memory(RuntimeError("shape"))
+        (True, False)
+    """
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+
+
 def _measure(run: Callable[[Any], Any], candidates: Sequence[Any] = CANDIDATES) -> Any:
     warm = {}
     for s in candidates:
         try:
             warm[s] = _time(lambda s=s: run(s))
-        except torch.OutOfMemoryError:  # a vectorized candidate may not fit where the loop does
+        except RuntimeError as e:  # a vectorized candidate may not fit where the loop does
+            if not out_of_memory(e):
+                raise
             continue
     if not warm:
         raise torch.OutOfMemoryError("task_gradients: no strategy fits in memory; pass chunk_size")
@@ -165,7 +185,9 @@ def _device(params: TensorDict) -> torch.device:
 def _peak(run: Callable[[Plan], Any], plan: Plan, device: torch.device) -> float:
     try:
         return float(peak_bytes(lambda: run(plan), device))
-    except torch.OutOfMemoryError:
+    except RuntimeError as e:
+        if not out_of_memory(e):
+            raise
         return float("inf")
 
 

@@ -220,6 +220,11 @@ def strategy_of(run: Run, cfg: Mapping[str, Any], params: TensorDict, extra: dic
     """
     if cfg["strategy"] != "auto":
         return cfg["strategy"]
+    if "strategy" not in extra and run.balancer.loss_weights is not None and int(cfg["accumulate"]) == 1:
+        # A loss balancer's step takes one backward of Σ_t w_t ℓ_t and never the task gradients:
+        # measuring their strategies would cost it T backwards (and, for the GNN, a Jacobian pass
+        # larger than host memory) for a choice it does not use.
+        extra["strategy"] = "loop"
     if "strategy" not in extra:
         train_ds, B, K = run.problem.splits["train"], int(cfg["batch_size"]), int(cfg["accumulate"])
         shard = train_ds[torch.arange(min(len(train_ds), max(1, B // world.size // K)))].to(world.device)

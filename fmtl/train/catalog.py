@@ -1,4 +1,4 @@
-"""``fmtl list``: the benchmarks with their default settings, and the methods with their kind and hyperparameters.
+"""``fmtl list``: the benchmarks (defaults, setups), the methods (kind, hyperparameters), the presets and grids.
 
 A method's *kind* is read from the balancer it builds: ``loss`` methods set ``loss_weights`` (one
 backward pass of Σ_t w_t ℓ_t per step), ``gradient`` methods take the T task gradients; ``stl`` is
@@ -65,12 +65,29 @@ def listing() -> str:
         >>> text = listing()
         >>> "dbmtl (jacobian): beta=0.9" in text and "mgda (gramian)" in text and "ew (loss)" in text
         True
+        >>> "dbmtl here: beta=0.5, beta_sigma=0.5" in text and "--setup paper:" in text and "table5:" in text
+        True
     """
+    from .presets import PRESETS
+    from .problems import _REGISTRY
+    from .tune import GRIDS
+
+    def pairs(d: dict[str, Any]) -> str:
+        return ", ".join(f"{k}={_value(v)}" for k, v in d.items())
+
     lines = ["benchmarks (default settings; --problem FILE.py:NAME for your own):"]
     for b, s in benchmarks().items():
-        lines.append(f"  {b}: " + ", ".join(f"{k}={_value(v)}" for k, v in s.items()))
+        lines.append(f"  {b}: {pairs(s)}")
+        spec = _REGISTRY[b]
+        for m, o in spec.opts.items():
+            lines.append(f"    {m} here: {pairs(o)} (the benchmark's, under --opt)")
+        for name, layer in sorted(spec.setups.items()):
+            lines.append(f"    --setup {name}: {pairs(layer)}")
     lines.append("methods (kind: hyperparameters with defaults, set with --opt key=value):")
     for m, d in methods().items():
-        hp = ", ".join(f"{k}={_value(v)}" for k, v in d["hyperparameters"].items()) or "no hyperparameters"
-        lines.append(f"  {m} ({d['kind']}): {hp}")
+        lines.append(f"  {m} ({d['kind']}): {pairs(d['hyperparameters']) or 'no hyperparameters'}")
+    lines.append("fmtl compare --preset NAME (the paper's tables and figures):")
+    lines += [f"  {n}: {p.title} ({len(p.rows)} rows)" for n, p in PRESETS.items()]
+    lines.append("fmtl tune --grid-preset NAME (named grids; or --grid key=v1,v2,…):")
+    lines += [f"  {n}: {m} over {pairs(g)}" for n, (m, g) in GRIDS.items()]
     return "\n".join(lines)

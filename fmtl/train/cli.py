@@ -41,6 +41,9 @@ def _d(key: str) -> str:
 def _training_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--config", metavar="FILE", help="TOML file with settings (flags override it)")
+    g.add_argument("--setup", metavar="NAME", help="a named setup of the benchmark under --config and the flags, "
+                   "e.g. qm9's paper: the paper's GNN, batch 128, 300 epochs, plateau schedule (see `fmtl list`; "
+                   "default: none, the benchmark's defaults)")
     g.add_argument("--benchmark", help="a registered problem: qm9, synthetic, nyuv2, cityscapes, office31, "
                    f"officehome, multimnist (see `fmtl list`) {_d('benchmark')}")
     g.add_argument("--problem", metavar="FILE.py:NAME",
@@ -171,11 +174,28 @@ def config_from_args(args: argparse.Namespace, method: str | None = None) -> dic
     """
     from .fit import configure
 
-    file_layer = load_toml(args.config) if args.config else {}
     flags = _flag_layer(args)
     if method is not None:
         flags["method"] = method
-    return configure(None, merge(DEFAULTS, file_layer), flags)
+    return configure(None, merge(DEFAULTS, _base_layer(args, flags.get("benchmark"))), flags)
+
+
+def _base_layer(args: argparse.Namespace, benchmark: str | None) -> dict[str, Any]:
+    """The ``--setup`` layer (of ``benchmark``, else the file's, else the default one) under the ``--config`` file.
+
+    Example:
+        >>> a = build_parser().parse_args(["train", "--setup", "paper", "--epochs", "2"])
+        >>> layer = _base_layer(a, None)
+        >>> layer["epochs"], config_from_args(a)["epochs"], config_from_args(a)["batch_size"]
+        (300, 2, 128)
+    """
+    file_layer = load_toml(args.config) if args.config else {}
+    if not getattr(args, "setup", None):
+        return file_layer
+    from .problems import setup
+
+    bench = benchmark or file_layer.get("benchmark") or DEFAULTS["benchmark"]
+    return merge(setup(bench, args.setup), file_layer)
 
 
 def _print_run(results: dict[str, Any], out: Path, reused: bool) -> None:
@@ -222,7 +242,8 @@ def _train(args: argparse.Namespace) -> int:
     device = resolve(args.device)
     if args.resume:
         out = Path(args.resume)
-        cfg = resumed(read_config(out), args.config and load_toml(args.config), _flag_layer(args), out)
+        saved = read_config(out)
+        cfg = resumed(saved, _base_layer(args, saved["benchmark"]), _flag_layer(args), out)
     else:
         cfg = for_method(config_from_args(args))  # a shared file's [opts.METHOD] tables (as fmtl tune writes)
         out = Path(args.out) if args.out else default_out(cfg)

@@ -18,6 +18,7 @@ loads the datasets and builds the model.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import inspect
 import re
@@ -33,7 +34,7 @@ import torch
 from ..problem import Problem
 
 __all__ = ["Benchmark", "GENERIC_SETTINGS", "register", "names", "is_file", "file_spec", "label", "resolve",
-           "method_defaults", "load_module", "build", "default_threads"]  # fmt: skip
+           "method_defaults", "setup", "setup_names", "load_module", "build", "default_threads"]  # fmt: skip
 
 #: Run-setting defaults of a problem that does not set its own (problem files).
 GENERIC_SETTINGS: dict[str, Any] = {"epochs": 10, "batch_size": 64, "lr": 1e-3, "eval_batch_size": 256,
@@ -58,6 +59,9 @@ class Benchmark(NamedTuple):
         opts: per-method hyperparameter defaults of this benchmark, ``{method: {key: value}}``
             (e.g. the β the paper's protocol selected for it); ``--opt`` overrides them key by key,
             and the balancer's own defaults fill the rest (:func:`method_defaults`).
+        setups: named configurations of this benchmark, ``{name: layer}`` (``fmtl train --setup NAME``),
+            each a configuration layer as a ``--config`` TOML file would hold (e.g. qm9's ``paper``: the
+            paper's GNN, batch size, epochs and scheduler); :func:`setup` returns one.
     """
 
     build: Callable[[Mapping[str, Any]], Problem]
@@ -68,6 +72,7 @@ class Benchmark(NamedTuple):
     archs: tuple[str, ...] = ("hps",)
     options: Mapping[str, Mapping[str, Any]] | Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
     opts: dict[str, dict[str, Any]] = {}
+    setups: dict[str, dict[str, Any]] = {}
 
 
 _REGISTRY: dict[str, Benchmark] = {}
@@ -84,6 +89,7 @@ def register(
     archs: tuple[str, ...] = ("hps",),
     options: Mapping[str, Mapping[str, Any]] | Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
     opts: Mapping[str, Mapping[str, Any]] | None = None,
+    setups: Mapping[str, Mapping[str, Any]] | None = None,
     replace: bool = False,
 ) -> None:
     """Registers a problem under ``name`` (``fmtl train --benchmark NAME``); see :class:`Benchmark`.
@@ -108,7 +114,8 @@ def register(
     thread_rule = threads if callable(threads) else (lambda cfg, n=threads: n)
     _REGISTRY[name] = Benchmark(build, {**GENERIC_SETTINGS, **(settings or {})}, dict(data or {}), model_defaults,
                                 thread_rule, tuple(archs), options,
-                                {m: dict(o) for m, o in (opts or {}).items()})  # fmt: skip
+                                {m: dict(o) for m, o in (opts or {}).items()},
+                                {n: dict(layer) for n, layer in (setups or {}).items()})  # fmt: skip
 
 
 def names() -> list[str]:
@@ -202,6 +209,39 @@ def method_defaults(benchmark: str, method: str) -> dict[str, Any]:
     """
     spec = _REGISTRY.get(benchmark)
     return dict(spec.opts.get(method, {})) if spec is not None else {}
+
+
+def setup_names(benchmark: str) -> list[str]:
+    """The named setups of ``benchmark`` (what ``--setup`` accepts for it; none for problem files).
+
+    Example:
+        >>> setup_names("qm9"), setup_names("synthetic")
+        (['paper'], [])
+    """
+    spec = _REGISTRY.get(benchmark)
+    return sorted(spec.setups) if spec is not None else []
+
+
+def setup(benchmark: str, name: str) -> dict[str, Any]:
+    """The configuration layer of ``benchmark``'s setup ``name`` (``fmtl train --setup NAME``).
+
+    It goes between the defaults and a ``--config`` file (flags override both); the resolved
+    ``config.toml`` of the run holds what it set, so a setup is a shorthand, not a setting.
+
+    Example:
+        >>> layer = setup("qm9", "paper")
+        >>> layer["data"], layer["batch_size"], layer["epochs"], layer["scheduler"]
+        ({'representation': 'graph'}, 128, 300, 'plateau')
+        >>> setup("synthetic", "paper")
+        Traceback (most recent call last):
+        ...
+        ValueError: --setup paper: synthetic has no setup 'paper'; it has none
+    """
+    names_ = setup_names(benchmark)
+    if name not in names_:
+        have = ", ".join(names_) if names_ else "none"
+        raise ValueError(f"--setup {name}: {label(benchmark)} has no setup {name!r}; it has {have}")
+    return copy.deepcopy(_REGISTRY[benchmark].setups[name])
 
 
 def load_module(spec: str) -> ModuleType:
