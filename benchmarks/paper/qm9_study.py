@@ -52,7 +52,9 @@ DBMTL_DEFAULTS = {"beta": 0.9, "beta_sigma": 0.0, "alpha": "max", "log_transform
 #: The job's training settings (the qm9 benchmark's defaults), left out of names for the same reason.
 SETTING_DEFAULTS = {"batch_size": 256, "epochs": 10, "optimizer": "adam", "lr": 1e-3}
 #: The paper's β grid (Section 4.1): β_k = β / k^σ.
-SGD_LRS = (0.01, 0.03, 0.1, 0.3)
+#: (0.01, 0.03, 0.1, 0.3) all diverged within 250 steps for EW (the descriptor's outliers; see
+#: ``results/qm9_runs.json``'s failed runs in the driver log), hence the lower grid.
+SGD_LRS = (1e-4, 3e-4, 1e-3, 3e-3)
 BETA_GRID = [(0.1, 0.0), (0.5, 0.0), (0.9, 0.0), (0.1, 0.5), (0.5, 0.5), (0.9, 0.5)]
 
 
@@ -455,7 +457,8 @@ def select_sgd_lr(runs: Path, exp: Experiment) -> float | None:
             scores[lr] = -math.inf
         else:
             return None
-    return max(scores, key=scores.get)
+    best = max(scores, key=scores.get)
+    return None if scores[best] == -math.inf else best  # every lr diverged: nothing to select
 
 
 def _diverged(runs: Path, run: Run) -> bool:
