@@ -449,7 +449,7 @@ def select_sgd_lr(runs: Path, exp: Experiment) -> float | None:
     scores = {}
     for _, rs in exp.rows:
         run = rs[0]
-        lr = dict(run.settings)["lr"]
+        lr = dict(run.settings).get("lr", SETTING_DEFAULTS["lr"])  # the default lr is left out of names
         rec = record(runs, run)
         if rec is not None:
             scores[lr] = rec["val_dp"]
