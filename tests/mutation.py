@@ -43,7 +43,8 @@ class Mutant(NamedTuple):
 
 
 DBMTL = ("tests/test_core_dbmtl.py", "tests/test_balancers_values.py")
-TREE = ("tests/test_core_step.py", "tests/test_balancers_values.py", "tests/test_balancers.py")  # fastest first
+TREE = ("tests/test_balancers_tree.py", "tests/test_core_step.py", "tests/test_balancers_values.py",
+        "tests/test_balancers.py")  # fastest first
 SOLVERS = ("tests/test_balancers_values.py", "tests/test_balancers.py")
 STEP = ("tests/test_core_step.py", "tests/test_core_guard.py")
 STRATEGIES = ("tests/test_strategies.py", "tests/test_core_step.py")
