@@ -98,7 +98,12 @@ def options(data: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
                  "source": Literal["qm9pack", "xyz", "pyg"], "edges": Literal["complete", "cutoff", "bonds"],
                  "cutoff": PositiveFloat, "rbf": NonNegative, "cache": bool, "cache_dir": str | None,
                  "root": str | None}  # fmt: skip
+    # tasks: a subset of the 11 targets (the loader's; issue 15's correlated-energy experiment).
+    data_opts["tasks"] = list[str] | None
     if data.get("representation", "graph") == "descriptor":
+        # The descriptor's input scaling (train statistics): standardized, or asinh of it, and
+        # optionally clipped to ±clip σ; the graph's node features are not scaled this way.
+        data_opts |= {"scaling": Literal["standard", "asinh"], "clip": PositiveFloat | None}
         return {"data": data_opts, "model": {"hidden": list[Positive]}}
     gnn = {"hidden": Positive, "steps": Positive, "set2set_steps": Positive, "edge_hidden": Positive}
     return {"data": data_opts, "model": gnn}
