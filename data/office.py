@@ -13,7 +13,7 @@ Three forms of one split (Office-Home at 224² is 2.3 GB decoded):
 * :func:`load_office` (``load(name, split, root=…)``): an :class:`OfficeDataset`, every image
   decoded once with Pillow, resized to ``image_size``² (bilinear) and kept as uint8 (cached on
   disk, ``cache=True``); batches are ImageNet-normalised float32;
-* :func:`office_files`: an :class:`OfficeFiles`, the same batches bitwise, decoded from the files
+* ``load(..., streaming="aligned")``: an :class:`OfficeFiles`, the same batches bitwise, decoded from the files
   when a batch is asked for (only the file lists and labels are held): what ``fmtl train``
   streams through :func:`fmtl.data.stream.loader`'s workers by default;
 * ``load(..., streaming=True)``: a :class:`~fmtl.data.multi_input.MultiInputDataset` of
@@ -56,7 +56,7 @@ from .cache import load_tensors, save_tensors
 from .images import ImageFiles, decode_image, normalize_imagenet
 from .multi_input import MultiInputDataset
 
-__all__ = ["DOMAINS", "OfficeDataset", "OfficeFiles", "load_office", "office_files", "office_items", "PAPER_DEFAULTS"]
+__all__ = ["DOMAINS", "OfficeDataset", "OfficeFiles", "load_office", "office_items", "PAPER_DEFAULTS"]
 
 DOMAINS = {
     "office31": ("amazon", "dslr", "webcam"),
@@ -123,15 +123,14 @@ class OfficeFiles(_OfficeTable):
     table's (the same :func:`~fmtl.data.images.decode_image` of the same files).
 
     Example:
-        >>> import tempfile, numpy as np
-        >>> from pathlib import Path
-        >>> from PIL import Image
-        >>> d = Path(tempfile.mkdtemp())
-        >>> for i in range(3): Image.fromarray(np.full((6, 6, 3), 40 * i, dtype=np.uint8)).save(d / f"{i}.png")
-        >>> ds = OfficeFiles("toy", {"a": [(d / f"{i}.png", i % 2) for i in range(3)], "b": [(d / "0.png", 1)]}, 2, 4)
-        >>> b = ds[[2, 0]]
-        >>> b["a", "x"].shape, b["b", "y"].tolist(), b["b", "mask"].tolist(), len(ds)
-        (torch.Size([2, 3, 4, 4]), [1, 1], [False, True], 3)
+        >>> import tempfile
+        >>> from fmtl.data.fabricate import fabricate
+        >>> root = fabricate("office31", Path(tempfile.mkdtemp()) / "o31", per_class=2, size=(6, 6))
+        >>> ds = load_office("train", root, name="office31", image_size=4, streaming="aligned")
+        >>> memory = load_office("train", root, name="office31", image_size=4, cache=False)
+        >>> b = ds[[3, 0]]
+        >>> b["dslr", "x"].shape, torch.equal(b["dslr", "x"], memory[[3, 0]]["dslr", "x"]), ds.sizes["amazon"]
+        (torch.Size([2, 3, 4, 4]), True, 4)
     """
 
     def __init__(self, name: str, items: dict[str, list[tuple[Path, int]]], num_classes: int, image_size: int,
@@ -218,28 +217,6 @@ def office_items(
     return classes, items
 
 
-def office_files(
-    split: str = "train",
-    root: str | os.PathLike[str] | None = None,
-    *,
-    name: str,
-    image_size: int = 224,
-    seed: int = 0,
-    normalize: bool = True,
-) -> OfficeFiles:
-    """Split ``split`` as an :class:`OfficeFiles`: :func:`load_office`'s batches, decoded per batch from the files.
-
-    Example:
-        >>> ds = office_files("train", "/data/office31", name="office31")  # doctest: +SKIP
-        >>> ds[[0, 1]]["amazon", "x"].shape  # doctest: +SKIP
-        torch.Size([2, 3, 224, 224])
-    """
-    if root is None:
-        raise ValueError(f"{name} needs root= (a local copy: root/<domain>/<class>/<image>)")
-    classes, items = office_items(root, name, split, seed)
-    return OfficeFiles(name, {d: items[d] for d in DOMAINS[name]}, len(classes), image_size, normalize)
-
-
 def load_office(
     split: str = "train",
     root: str | os.PathLike[str] | None = None,
@@ -250,8 +227,8 @@ def load_office(
     normalize: bool = True,
     cache: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
-    streaming: bool = False,
-) -> OfficeDataset | MultiInputDataset:
+    streaming: bool | str = False,
+) -> OfficeDataset | OfficeFiles | MultiInputDataset:
     """Load split ``split`` of Office-31 (``name="office31"``) or Office-Home (``"officehome"``).
 
     Args:
@@ -262,7 +239,8 @@ def load_office(
         normalize: ImageNet mean/std normalisation of ``x``.
         cache, cache_dir: cache decoded images (keyed by the file list and size) under
             ``cache_dir`` (default ``$FMTL_CACHE`` or ``~/.cache/fmtl``).
-        streaming: return a per-item-decoding multi-input dataset instead (module docstring).
+        streaming: ``True``: a per-item-decoding multi-input dataset in LibMTL's per-domain order;
+            ``"aligned"``: an :class:`OfficeFiles`, this table's batches decoded per batch (module docstring).
 
     Example:
         >>> ds = load_office("train", "/data/office31", name="office31")  # doctest: +SKIP
@@ -274,6 +252,10 @@ def load_office(
     domains = DOMAINS[name]
     classes, items = office_items(root, name, split, seed)
     info = TaskInfo("classification", ("accuracy",), (True,), num_classes=len(classes))
+    if streaming == "aligned":
+        return OfficeFiles(name, {d: items[d] for d in domains}, len(classes), image_size, normalize)
+    if streaming not in (True, False):
+        raise ValueError(f"{name}: streaming must be False, True or 'aligned'; got {streaming!r}")
     if streaming:
         files = {d: ImageFiles(items[d], image_size, d, info, normalize) for d in domains}
         return MultiInputDataset(files, dict.fromkeys(domains, info))

@@ -67,7 +67,6 @@ def data_options() -> dict[str, Any]:
 
 def _splits(name: str, data: Mapping[str, Any]) -> dict[str, Any]:
     from ... import data as fdata
-    from ...data.office import office_files
 
     root = root_of(name, data, LAYOUT[name])
     check_options(name, data, DATA_OPTIONS)
@@ -80,7 +79,7 @@ def _splits(name: str, data: Mapping[str, Any]) -> dict[str, Any]:
         if cache:
             return {s: fdata.load(name, s, root=root, cache=True, cache_dir=data.get("cache_dir"), **opts)
                     for s in SPLITS}  # fmt: skip
-        return {s: office_files(s, root, name=name, **opts) for s in SPLITS}
+        return {s: fdata.load(name, s, root=root, streaming="aligned", **opts) for s in SPLITS}
     except (FileNotFoundError, ValueError) as e:
         raise ValueError(f"{e}; the expected layout is {LAYOUT[name]}") from None
 
