@@ -8,11 +8,19 @@ class-directory names of the first domain. Splits, per domain:
 * otherwise a 60 / 20 / 20 train / val / test split of the domain's images (sorted by path)
   from the permutation ``torch.Generator().manual_seed(epoch_seed(seed, d))`` for domain d.
 
-Images are decoded once with Pillow, resized to ``image_size``² (bilinear) and kept as uint8;
-batches are ImageNet-normalised float32. ``streaming=True`` keeps only the file lists and decodes
-per item instead (a :class:`~fmtl.data.multi_input.MultiInputDataset` of
-:class:`~fmtl.data.images.ImageFiles`, batches ``{domain: {"x", "y"}}`` with each domain's own
-rows; stream it with :func:`fmtl.data.stream.loader`): Office-Home at 224² is 2.3 GB decoded.
+Three forms of one split (Office-Home at 224² is 2.3 GB decoded):
+
+* :func:`load_office` (``load(name, split, root=…)``): an :class:`OfficeDataset`, every image
+  decoded once with Pillow, resized to ``image_size``² (bilinear) and kept as uint8 (cached on
+  disk, ``cache=True``); batches are ImageNet-normalised float32;
+* ``load(..., streaming="aligned")``: an :class:`OfficeFiles`, the same batches bitwise, decoded from the files
+  when a batch is asked for (only the file lists and labels are held): what ``fmtl train``
+  streams through :func:`fmtl.data.stream.loader`'s workers by default;
+* ``load(..., streaming=True)``: a :class:`~fmtl.data.multi_input.MultiInputDataset` of
+  :class:`~fmtl.data.images.ImageFiles`, batches ``{domain: {"x", "y"}}`` with each domain's own
+  rows (LibMTL's independent per-domain order, :func:`fmtl.data.multi_input_batch_indices`).
+
+No augmentation: LibMTL's Office transform is resize + normalize only.
 
 Getting the data: Office-31 (Saenko et al., 2010; 4,110 images, 3 domains × 31 classes) and
 Office-Home (Venkateswara et al., 2017; 15,500 images, 4 domains × 65 classes) from their
@@ -48,7 +56,7 @@ from .cache import load_tensors, save_tensors
 from .images import ImageFiles, decode_image, normalize_imagenet
 from .multi_input import MultiInputDataset
 
-__all__ = ["DOMAINS", "OfficeDataset", "load_office", "office_items", "PAPER_DEFAULTS"]
+__all__ = ["DOMAINS", "OfficeDataset", "OfficeFiles", "load_office", "office_items", "PAPER_DEFAULTS"]
 
 DOMAINS = {
     "office31": ("amazon", "dslr", "webcam"),
@@ -58,34 +66,82 @@ _SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 _SPLIT_FRACTIONS = {"train": (0.0, 0.6), "val": (0.6, 0.8), "test": (0.8, 1.0)}
 
 
-class OfficeDataset:
-    """Per-domain image tables; ``ds[idx]`` is ``{domain: {"x", "y", "mask"}}`` (see module)."""
+class _OfficeTable:
+    """What the in-memory and the file-backed Office tables share: sizes, tasks and ``ds[idx]`` (module docstring)."""
 
-    def __init__(self, name: str, images: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
-                 num_classes: int, normalize: bool = True) -> None:  # fmt: skip
-        self.name, self.images, self.labels = name, images, labels
-        self.tasks = tuple(images)
+    name: str
+    labels: dict[str, torch.Tensor]
+    normalize: bool
+
+    def _setup(self, name: str, labels: dict[str, torch.Tensor], num_classes: int, normalize: bool) -> None:
+        self.name, self.labels = name, labels
+        self.tasks = tuple(labels)
         self.num_classes, self.normalize = num_classes, normalize
         info = TaskInfo("classification", ("accuracy",), (True,), num_classes=num_classes)
         self.task_info = dict.fromkeys(self.tasks, info)
         self.sizes = {d: len(v) for d, v in labels.items()}
 
+    def _pixels(self, domain: str, rows: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, S, S] of ``domain``'s images ``rows``."""
+        raise NotImplementedError
+
     def __len__(self) -> int:
         return max(self.sizes.values())
 
     def __repr__(self) -> str:
-        return f"OfficeDataset({self.name!r}, sizes={self.sizes})"
+        return f"{type(self).__name__}({self.name!r}, sizes={self.sizes})"
 
     def __getitem__(self, index: Index) -> TensorDict:
         rows = as_index(index, len(self))
         out = {}
         for d in self.tasks:
             own = rows % self.sizes[d]
-            x = normalize_imagenet(self.images[d][own]) if self.normalize else self.images[d][own].float() / 255.0
-            out[d] = TensorDict(
-                {"x": x, "y": self.labels[d][own], "mask": rows < self.sizes[d]}, [len(rows)]
-            )
+            pixels = self._pixels(d, own)
+            x = normalize_imagenet(pixels) if self.normalize else pixels.float() / 255.0
+            out[d] = TensorDict({"x": x, "y": self.labels[d][own], "mask": rows < self.sizes[d]}, [len(rows)])
         return TensorDict(out, batch_size=[len(rows)])
+
+
+class OfficeDataset(_OfficeTable):
+    """Per-domain image tables decoded in memory; ``ds[idx]`` is ``{domain: {"x", "y", "mask"}}`` (see module)."""
+
+    def __init__(self, name: str, images: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
+                 num_classes: int, normalize: bool = True) -> None:  # fmt: skip
+        self.images = images
+        self._setup(name, labels, num_classes, normalize)
+
+    def _pixels(self, domain: str, rows: torch.Tensor) -> torch.Tensor:
+        return self.images[domain][rows]
+
+
+class OfficeFiles(_OfficeTable):
+    """The batches of :class:`OfficeDataset`, decoded from the image files when asked (module docstring).
+
+    Holds each domain's file list and labels only: ``ds[idx]`` opens and resizes the batch's
+    images one at a time (in a DataLoader worker when streamed with :func:`fmtl.data.loader`), so
+    its memory is one batch whatever the dataset's size, and the batch is bitwise the in-memory
+    table's (the same :func:`~fmtl.data.images.decode_image` of the same files).
+
+    Example:
+        >>> import tempfile
+        >>> from fmtl.data.fabricate import fabricate
+        >>> root = fabricate("office31", Path(tempfile.mkdtemp()) / "o31", per_class=2, size=(6, 6))
+        >>> ds = load_office("train", root, name="office31", image_size=4, streaming="aligned")
+        >>> memory = load_office("train", root, name="office31", image_size=4, cache=False)
+        >>> b = ds[[3, 0]]
+        >>> b["dslr", "x"].shape, torch.equal(b["dslr", "x"], memory[[3, 0]]["dslr", "x"]), ds.sizes["amazon"]
+        (torch.Size([2, 3, 4, 4]), True, 4)
+    """
+
+    def __init__(self, name: str, items: dict[str, list[tuple[Path, int]]], num_classes: int, image_size: int,
+                 normalize: bool = True) -> None:  # fmt: skip
+        self.paths = {d: [Path(p) for p, _ in v] for d, v in items.items()}
+        self.image_size = int(image_size)
+        labels = {d: torch.tensor([int(y) for _, y in v], dtype=torch.long) for d, v in items.items()}
+        self._setup(name, labels, num_classes, normalize)
+
+    def _pixels(self, domain: str, rows: torch.Tensor) -> torch.Tensor:
+        return _decode([self.paths[domain][i] for i in rows.tolist()], self.image_size)
 
 
 def _domain_dir(root: Path, domain: str) -> Path:
@@ -171,8 +227,8 @@ def load_office(
     normalize: bool = True,
     cache: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
-    streaming: bool = False,
-) -> OfficeDataset | MultiInputDataset:
+    streaming: bool | str = False,
+) -> OfficeDataset | OfficeFiles | MultiInputDataset:
     """Load split ``split`` of Office-31 (``name="office31"``) or Office-Home (``"officehome"``).
 
     Args:
@@ -183,7 +239,8 @@ def load_office(
         normalize: ImageNet mean/std normalisation of ``x``.
         cache, cache_dir: cache decoded images (keyed by the file list and size) under
             ``cache_dir`` (default ``$FMTL_CACHE`` or ``~/.cache/fmtl``).
-        streaming: return a per-item-decoding multi-input dataset instead (module docstring).
+        streaming: ``True``: a per-item-decoding multi-input dataset in LibMTL's per-domain order;
+            ``"aligned"``: an :class:`OfficeFiles`, this table's batches decoded per batch (module docstring).
 
     Example:
         >>> ds = load_office("train", "/data/office31", name="office31")  # doctest: +SKIP
@@ -195,6 +252,10 @@ def load_office(
     domains = DOMAINS[name]
     classes, items = office_items(root, name, split, seed)
     info = TaskInfo("classification", ("accuracy",), (True,), num_classes=len(classes))
+    if streaming == "aligned":
+        return OfficeFiles(name, {d: items[d] for d in domains}, len(classes), image_size, normalize)
+    if streaming not in (True, False):
+        raise ValueError(f"{name}: streaming must be False, True or 'aligned'; got {streaming!r}")
     if streaming:
         files = {d: ImageFiles(items[d], image_size, d, info, normalize) for d in domains}
         return MultiInputDataset(files, dict.fromkeys(domains, info))

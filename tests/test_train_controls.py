@@ -41,7 +41,7 @@ def _epochs(out) -> list[dict]:
 @pytest.mark.parametrize("name", ["constant", "cosine", "step", "warmup"])
 def test_the_assembled_optimizer_is_clip_then_the_scheduled_optimizer(name):
     """build_optimizer == clip_grad_norm_ + torch.optim.Adam stepped by the rate schedules.get gives."""
-    cfg = {**DEFAULTS, "lr": 0.1, "scheduler": name, "clip_norm": 0.5}
+    cfg = {**DEFAULTS, "lr": 0.1, "weight_decay": 0.0, "scheduler": name, "clip_norm": 0.5}
     opt = build_optimizer(cfg, 6)
     schedule = fmtl.schedules.get(name, 0.1, 6)
     w = torch.randn(5, dtype=torch.float64)
@@ -61,7 +61,8 @@ def test_the_assembled_optimizer_is_clip_then_the_scheduled_optimizer(name):
 
 
 def test_the_bare_optimizer_is_used_when_nothing_is_chained():
-    state = build_optimizer({**DEFAULTS, "lr": 0.1}, 10).init(TensorDict({"w": torch.zeros(1)}, []))
+    cfg = {**DEFAULTS, "lr": 0.1, "weight_decay": 0.0, "scheduler": "constant"}
+    state = build_optimizer(cfg, 10).init(TensorDict({"w": torch.zeros(1)}, []))
     assert type(state).__name__ == "AdamState"  # old checkpoints keep their state layout
 
 
@@ -199,9 +200,9 @@ def test_help_states_every_default(tmp_path):
     text = run_fmtl("train", "--help", cwd=tmp_path).stdout
     options = [chunk for chunk in text.split("\n  --")[1:]]
     flat = {o.split()[0]: " ".join(o.split()) for o in options}
-    for flag in ("epochs", "batch-size", "lr", "eval-batch-size", "log-every"):
+    for flag in ("epochs", "batch-size", "lr", "weight-decay", "scheduler", "eval-batch-size", "log-every"):
         assert "default: the benchmark's" in flat[flag], flag
-    for flag, text_ in (("optimizer", "default: adam"), ("scheduler", "default: constant"),
+    for flag, text_ in (("optimizer", "default: adam"),
                         ("clip-norm", "default: none, no clipping"), ("patience", "default: none, no early stopping"),
                         ("seed", "default: 0"), ("method", "default: dbmtl"), ("accumulate", "default: 1")):
         assert text_ in flat[flag], flag

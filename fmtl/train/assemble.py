@@ -89,7 +89,19 @@ def _schedule_options(cfg: Mapping[str, Any], total: int) -> dict[str, Any]:
     given = dict(cfg.get("schedule") or {})
     if cfg["scheduler"] == "plateau":
         return plateau_options(given)
+    if cfg["scheduler"] == "step" and "every_epochs" in given:
+        given["every"] = _every_epochs(given, total // max(int(cfg["epochs"]), 1))
     return schedules.options(cfg["scheduler"], total, **given)
+
+
+def _every_epochs(given: dict[str, Any], per_epoch: int) -> int:
+    """``step``'s ``every`` from ``every_epochs`` (LibMTL's ``StepLR(step_size)``, stepped once per epoch)."""
+    n = given.pop("every_epochs")
+    if "every" in given:
+        raise ValueError("schedule 'step' takes every (updates) or every_epochs (epochs), not both")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"schedule 'step': every_epochs must be a whole number of epochs >= 1; got {n!r}")
+    return n * max(per_epoch, 1)
 
 
 def build_optimizer(cfg: Mapping[str, Any], total_steps: int) -> optim.Optimizer:
@@ -102,11 +114,14 @@ def build_optimizer(cfg: Mapping[str, Any], total_steps: int) -> optim.Optimizer
     a step-count schedule: the bare optimizer, whose state is what it always was).
 
     Deviation: ``cosine``, ``step`` and ``warmup`` span ``epochs`` × steps per epoch; a run extended
-    with ``--resume DIR --epochs N`` continues on the schedule of its new length.
+    with ``--resume DIR --epochs N`` continues on the schedule of its new length. ``step`` with
+    ``every_epochs = E`` multiplies the rate by γ every E epochs (``every`` = E × steps per epoch:
+    η_k = η·γ^⌊(k−1)/(E·K)⌋ for update k of K per epoch, LibMTL's per-epoch ``StepLR(step_size=E)``).
 
     Example:
         >>> from fmtl.train.config import DEFAULTS
-        >>> opt = build_optimizer({**DEFAULTS, "lr": 0.1, "scheduler": "plateau", "clip_norm": 1.0}, 100)
+        >>> opt = build_optimizer({**DEFAULTS, "lr": 0.1, "weight_decay": 0.0, "scheduler": "plateau",
+        ...                        "clip_norm": 1.0}, 100)
         >>> from tensordict import TensorDict
         >>> [type(s).__name__ for s in opt.init(TensorDict({"w": torch.zeros(1)}, []))]
         ['EmptyState', 'AdamState', 'LRScaleState']
@@ -127,14 +142,19 @@ def hyperparameters(cfg: Mapping[str, Any], total_steps: int) -> dict[str, dict[
 
     Example:
         >>> from fmtl.train.config import DEFAULTS
-        >>> hp = hyperparameters({**DEFAULTS, "lr": 0.1, "opts": {"beta": 0.5}, "scheduler": "step"}, 30)
+        >>> cfg = {**DEFAULTS, "lr": 0.1, "weight_decay": 0.0, "opts": {"beta": 0.5}, "scheduler": "step"}
+        >>> hp = hyperparameters(cfg, 30)
         >>> hp["method"]["beta"], hp["optimizer"]["betas"], hp["scheduler"]
         (0.5, [0.9, 0.999], {'name': 'step', 'steps': 30, 'every': 10, 'gamma': 0.1})
+        >>> hyperparameters({**cfg, "epochs": 3, "schedule": {"every_epochs": 2, "gamma": 0.5}}, 30)["scheduler"]
+        {'name': 'step', 'steps': 30, 'every': 20, 'gamma': 0.5, 'every_epochs': 2}
     """
     method = {} if cfg["method"] == "stl" else {**balancers.defaults(cfg["method"]), **cfg["opts"]}
     opt = {**optim.defaults(cfg["optimizer"]), "lr": float(cfg["lr"]), "weight_decay": float(cfg["weight_decay"]),
            "clip_norm": cfg.get("clip_norm")}  # fmt: skip
     sched = {"name": cfg["scheduler"], "steps": int(total_steps), **_schedule_options(cfg, total_steps)}
+    if cfg["scheduler"] == "step" and "every_epochs" in (cfg.get("schedule") or {}):
+        sched["every_epochs"] = cfg["schedule"]["every_epochs"]
 
     def plain(d: Mapping[str, Any]) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -49,9 +49,10 @@ def benchmarks() -> dict[str, dict[str, Any]]:
     """
     from .config import DEFAULTS
 
-    keys = ("epochs", "batch_size", "lr", "eval_batch_size", "log_every", "data", "model")
-    return {b: {k: v for k, v in resolve({**DEFAULTS, "benchmark": b}).items() if k in keys}
-            for b in benchmark_names()}  # fmt: skip
+    keys = ("epochs", "batch_size", "lr", "weight_decay", "scheduler", "schedule", "eval_batch_size", "log_every",
+            "data", "model")  # fmt: skip
+    shown = {b: resolve({**DEFAULTS, "benchmark": b}) for b in benchmark_names()}
+    return {b: {k: v for k, v in cfg.items() if k in keys and (v != {} or k != "schedule")} for b, cfg in shown.items()}
 
 
 def _value(v: Any) -> str:

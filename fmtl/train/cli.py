@@ -59,9 +59,10 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
                    help="learning-rate schedule over the run; plateau: ReduceLROnPlateau on validation Δp, "
                         f"once per epoch {_d('scheduler')}")
     g.add_argument("--schedule", action="append", default=[], metavar="KEY=VALUE",
-                   help="scheduler option, e.g. every=100 gamma=0.5 (step), warmup_steps=50 (warmup), final=1e-5 "
-                        "(cosine), factor=0.5 patience=3 (plateau) (repeatable; default: see fmtl.schedules.options, "
-                        "fmtl.train.controls.PLATEAU_DEFAULTS)")
+                   help="scheduler option, e.g. every=100 (updates) or every_epochs=100, gamma=0.5 (step), "
+                        "warmup_steps=50 (warmup), final=1e-5 (cosine), factor=0.5 patience=3 (plateau) "
+                        "(repeatable; default: the benchmark's for its scheduler, `fmtl list`, else "
+                        "fmtl.schedules.options, fmtl.train.controls.PLATEAU_DEFAULTS)")
     g.add_argument("--clip-norm", type=float, metavar="C",
                    help=f"clip the balanced gradient to global L2 norm C before the optimizer {_d('clip_norm')}")
     g.add_argument("--patience", type=int, metavar="N",

@@ -40,7 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": None,
     "lr": None,
     "optimizer": "adam",
-    "weight_decay": 0.0,
+    "weight_decay": None,
     "seed": 0,
     "amp": "none",
     "accumulate": 1,
@@ -50,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "eval_batch_size": None,
     "log_every": None,
     "checkpoint_every": 0,
-    "scheduler": "constant",
+    "scheduler": None,
     "clip_norm": None,
     "patience": None,
 }

@@ -38,7 +38,7 @@ __all__ = ["Benchmark", "GENERIC_SETTINGS", "register", "names", "is_file", "fil
 
 #: Run-setting defaults of a problem that does not set its own (problem files).
 GENERIC_SETTINGS: dict[str, Any] = {"epochs": 10, "batch_size": 64, "lr": 1e-3, "eval_batch_size": 256,
-                                    "log_every": 10}  # fmt: skip
+                                    "log_every": 10, "weight_decay": 0.0, "scheduler": "constant"}  # fmt: skip
 
 
 class Benchmark(NamedTuple):
@@ -47,7 +47,11 @@ class Benchmark(NamedTuple):
     Attributes:
         build: ``build(cfg) -> Problem`` (``cfg`` resolved: ``cfg["data"]``, ``cfg["model"]``, ``cfg["seed"]`` …).
         settings: run-setting defaults (``epochs``, ``batch_size``, ``lr``, ``eval_batch_size``,
-            ``log_every``); :data:`GENERIC_SETTINGS` fill in the ones ``register`` was not given.
+            ``log_every``, ``weight_decay``, ``scheduler``); :data:`GENERIC_SETTINGS` fill in the ones
+            ``register`` was not given.
+        schedule: default options of the benchmark's own ``scheduler`` (the ``--schedule`` table, e.g.
+            ``{"every_epochs": 100, "gamma": 0.5}``), used when a run's scheduler is that one; ``--schedule``
+            overrides them key by key.
         data: default dataset options (the ``--data`` table).
         model: ``model(data) -> default model options`` (the ``--model`` table), given the data options.
         threads: ``threads(cfg) -> CPU threads`` a run uses unless ``--threads`` says otherwise
@@ -72,6 +76,7 @@ class Benchmark(NamedTuple):
     archs: tuple[str, ...] = ("hps",)
     options: Mapping[str, Mapping[str, Any]] | Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
     opts: dict[str, dict[str, Any]] = {}
+    schedule: dict[str, Any] = {}
     setups: dict[str, dict[str, Any]] = {}
 
 
@@ -89,6 +94,7 @@ def register(
     archs: tuple[str, ...] = ("hps",),
     options: Mapping[str, Mapping[str, Any]] | Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
     opts: Mapping[str, Mapping[str, Any]] | None = None,
+    schedule: Mapping[str, Any] | None = None,
     setups: Mapping[str, Mapping[str, Any]] | None = None,
     replace: bool = False,
 ) -> None:
@@ -114,7 +120,7 @@ def register(
     thread_rule = threads if callable(threads) else (lambda cfg, n=threads: n)
     _REGISTRY[name] = Benchmark(build, {**GENERIC_SETTINGS, **(settings or {})}, dict(data or {}), model_defaults,
                                 thread_rule, tuple(archs), options,
-                                {m: dict(o) for m, o in (opts or {}).items()},
+                                {m: dict(o) for m, o in (opts or {}).items()}, dict(schedule or {}),
                                 {n: dict(layer) for n, layer in (setups or {}).items()})  # fmt: skip
 
 
@@ -175,22 +181,36 @@ def _benchmark(name: str) -> Benchmark:
 def resolve(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Fills the problem's defaults into every unset setting (``None``) and table entry.
 
+    The benchmark's ``schedule`` options join the ``schedule`` table when the run uses the
+    benchmark's own scheduler (any other scheduler gets only what ``--schedule`` gives).
+
     Example:
         >>> from fmtl.train.config import DEFAULTS
         >>> r = resolve({**DEFAULTS, "benchmark": "synthetic", "data": {"n": 64}})
-        >>> r["epochs"], r["data"]["n"], r["model"]["hidden"]
-        (5, 64, [64, 64])
+        >>> r["epochs"], r["data"]["n"], r["model"]["hidden"], r["scheduler"]
+        (5, 64, [64, 64], 'constant')
+        >>> r = resolve({**DEFAULTS, "benchmark": "nyuv2", "schedule": {"gamma": 0.1}})
+        >>> r["weight_decay"], r["scheduler"], r["schedule"]
+        (1e-05, 'step', {'every_epochs': 100, 'gamma': 0.1})
     """
     out = dict(cfg)
+    schedule: Mapping[str, Any] = {}
     if cfg["benchmark"] not in _REGISTRY:  # a problem file, or a Problem object given to fmtl.train.fit
         settings, data, model = GENERIC_SETTINGS, {}, {}
     else:
         spec = _REGISTRY[cfg["benchmark"]]
         settings, data = spec.settings, spec.data
         model = spec.model({**data, **(cfg.get("data") or {})})
+        if cfg.get("scheduler") in (None, settings["scheduler"]):
+            schedule = spec.schedule
     for k, v in settings.items():
         if out.get(k) is None:
             out[k] = v
+    if schedule:
+        given = dict(cfg.get("schedule") or {})
+        if "every" in given:  # the step length in updates replaces the default one in epochs
+            schedule = {k: v for k, v in schedule.items() if k != "every_epochs"}
+        out["schedule"] = {**schedule, **given}
     out["data"] = {**data, **(cfg.get("data") or {})}
     out["model"] = {**model, **(cfg.get("model") or {})}
     out["opts"] = dict(cfg.get("opts") or {})

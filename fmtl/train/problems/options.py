@@ -49,14 +49,16 @@ def weights_note(model_opts: Mapping[str, Any], what: str) -> None:
               "randomly initialized, unlike the paper's ImageNet-pretrained one", file=sys.stderr)  # fmt: skip
 
 
-def accepted(data_keys: Iterable[str]) -> dict[str, Any]:
-    """A benchmark's ``options`` for :func:`fmtl.train.problems.register`: these ``--data`` keys (values
-    checked by its builder), and ``--model`` options checked by its builder too.
+def accepted(data_keys: Iterable[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """A benchmark's ``options`` for :func:`fmtl.train.problems.register`: these ``--data`` keys (a
+    ``{key: type}`` mapping: values checked by :mod:`fmtl.train.validate`; keys only: by its builder),
+    and ``--model`` options checked by its builder.
 
     Example:
-        >>> sorted(accepted(("root", "subset"))["data"])
-        ['root', 'subset']
+        >>> sorted(accepted(("root", "subset"))["data"]), accepted({"subset": int})["data"]
+        (['root', 'subset'], {'subset': <class 'int'>})
     """
     from ..validate import OWN_CHECKS
 
-    return {"data": dict.fromkeys(data_keys, Any), "model": OWN_CHECKS}
+    data = dict(data_keys) if isinstance(data_keys, Mapping) else dict.fromkeys(data_keys, Any)
+    return {"data": data, "model": OWN_CHECKS}
