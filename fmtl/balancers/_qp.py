@@ -29,8 +29,8 @@ import torch
 from torch.utils import _pytree as pytree
 
 __all__ = [
-    "bounded_loop", "eager_inference", "equilibrate", "masked_system", "nnqp", "pivoting", "simplex_program",
-    "project_simplex",
+    "bounded_loop", "eager_inference", "equilibrate", "equilibrate_definite", "masked_system", "nnqp", "pivoting",
+    "pivoting_definite", "simplex_program", "project_simplex",
 ]  # fmt: skip
 
 F = TypeVar("F", bound=Callable)
@@ -145,6 +145,29 @@ def equilibrate(G: torch.Tensor, ridge: float | None = None) -> tuple[torch.Tens
     return C + torch.where(definite, 0.0, shift) * torch.eye(T, dtype=C.dtype, device=C.device), d, zero
 
 
+def equilibrate_definite(G: torch.Tensor, ridge: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`equilibrate` of G + ridge·I in its common case, eagerly: ``(C, d⁻¹, info)``.
+
+    C = D⁻¹(G + ridge·I)D⁻¹ + T·ε₆₄·I, D² = diag(G) + ridge, as :func:`equilibrate` finds it when
+    no row is zero and C is positive definite, in a third of its ops (eager cost is per op; C's
+    diagonal is its exact value, 1 + T·ε₆₄). ``info`` (0-d) is non-zero where C is not numerically
+    positive definite; a zero row gives d⁻¹ = ∞, which callers must catch (the answer is then not
+    finite). Either way they fall back to :func:`equilibrate`. A row below :func:`equilibrate`'s
+    2⁻⁹⁰⁰ threshold but not zero is kept as the non-zero row it is.
+
+    Example:
+        >>> C, inv, info = equilibrate_definite(torch.tensor([[3.0, -2.0], [-2.0, 3.0]]), 1.0)
+        >>> C, inv, int(info)
+        (tensor([[ 1.0000, -0.5000],
+                [-0.5000,  1.0000]], dtype=torch.float64), tensor([0.5000, 0.5000], dtype=torch.float64), 0)
+    """
+    G64 = G if G.dtype == torch.float64 else G.to(torch.float64)
+    inv = (G64.diagonal() + ridge).rsqrt_()
+    C = G64 * torch.outer(inv, inv)
+    C.diagonal().fill_(1.0 + G.shape[0] * torch.finfo(torch.float64).eps)
+    return C, inv, torch.linalg.cholesky_ex(C)[1]
+
+
 def masked_system(C: torch.Tensor, free: torch.Tensor, eye: torch.Tensor | None = None) -> torch.Tensor:
     """Rows and columns of C on each free set, the identity elsewhere: ``[..., T, T]``.
 
@@ -229,6 +252,42 @@ def pivoting(
     start = (bad.any(), torch.zeros_like(c), none, bad, torch.zeros(c.shape[0], dtype=torch.int32, device=c.device))
     _, (_, x, _, bad, info) = bounded_loop(body, start, max_iter)
     return x, ~bad.any(1) & (info == 0) & (x.abs().amax(1) < 1e8)
+
+
+def pivoting_definite(
+    C: torch.Tensor, c: torch.Tensor, info: torch.Tensor, max_iter: int, tol: float
+) -> torch.Tensor | None:
+    """:func:`pivoting` eagerly for a positive definite C and nothing frozen: x ≥ 0, or None unless all rows are certified.
+
+    The same exchanges, tolerance and certificate as :func:`pivoting` in half its ops (eager
+    cost is per op): c is not rescaled (the tolerance is relative to max|c| instead, the same
+    test) and the loop starts from the first solve. ``info`` is :func:`equilibrate_definite`'s;
+    with it non-zero the answer is None.
+
+    Example:
+        >>> C = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+        >>> pivoting_definite(C, torch.tensor([[-1.0, 1.0]], dtype=torch.float64), torch.tensor(0), 20, 1e-12)
+        tensor([[0.5000, 0.0000]], dtype=torch.float64)
+    """
+    floor = torch.linalg.vector_norm(c, float("inf"), 1, keepdim=True).mul_(-tol)  # −tol·max|c|
+    free = c < floor  # the infeasible indices at x = 0
+    if not free.any():
+        return None if info else torch.zeros_like(c)
+    eye = torch.eye(c.shape[1], dtype=C.dtype, device=C.device)
+    negative = -c
+    for _ in range(max_iter):
+        x, solved = _free_solve(C, negative, free, eye)
+        size = torch.linalg.vector_norm(x, float("inf"), 1, keepdim=True)
+        bad = torch.where(free, x, torch.addmm(c, x, C)) < torch.add(floor, size, alpha=-tol)
+        if not bad.any():
+            break
+        free = free ^ bad
+    else:
+        return None
+    # uncertified as in :func:`pivoting`: a failed factorization, or x ≥ 10⁸ (for max|c| = 1)
+    if info or (solved != 0).any() or (size * tol >= floor * -1e8).any():
+        return None
+    return x.clamp_min_(0.0)
 
 
 def _active_set(C, c, frozen, x, free, done, max_iter: int, tol: float):
