@@ -22,6 +22,7 @@ the T×T Gramian. This module holds the machinery they share:
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -63,6 +64,8 @@ def eager_inference(fn: F) -> F:
             return fn(*args, **kwargs)
         with torch.inference_mode():
             out = fn(*args, **kwargs)
+        if isinstance(out, torch.Tensor):  # (the common case without pytree's few microseconds)
+            return out.clone()
         return pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, out)
 
     return wrapper  # type: ignore[return-value]
@@ -151,8 +154,8 @@ def equilibrate_definite(G: torch.Tensor, ridge: float = 0.0) -> tuple[torch.Ten
     C = D⁻¹(G + ridge·I)D⁻¹ + T·ε₆₄·I, D² = diag(G) + ridge, as :func:`equilibrate` finds it when
     no row is zero and C is positive definite, in a third of its ops (eager cost is per op; C's
     diagonal is its exact value, 1 + T·ε₆₄). ``info`` (0-d) is non-zero where C is not numerically
-    positive definite; a zero row gives d⁻¹ = ∞, which callers must catch (the answer is then not
-    finite). Either way they fall back to :func:`equilibrate`. A row below :func:`equilibrate`'s
+    positive definite; a zero row gives d⁻¹ = ∞ and NaNs in C, which callers must catch (c = Cl
+    is then not finite). Either way they fall back to :func:`equilibrate`. A row below :func:`equilibrate`'s
     2⁻⁹⁰⁰ threshold but not zero is kept as the non-zero row it is.
 
     Example:
@@ -164,7 +167,8 @@ def equilibrate_definite(G: torch.Tensor, ridge: float = 0.0) -> tuple[torch.Ten
     G64 = G if G.dtype == torch.float64 else G.to(torch.float64)
     inv = (G64.diagonal() + ridge).rsqrt_()
     C = G64 * torch.outer(inv, inv)
-    C.diagonal().fill_(1.0 + G.shape[0] * torch.finfo(torch.float64).eps)
+    one = 1.0 + G.shape[0] * torch.finfo(torch.float64).eps
+    C.diagonal().clamp_(one, one)  # (a fill that keeps a zero row's NaN: 0·∞²)
     return C, inv, torch.linalg.cholesky_ex(C)[1]
 
 
@@ -261,18 +265,24 @@ def pivoting_definite(
 
     The same exchanges, tolerance and certificate as :func:`pivoting` in half its ops (eager
     cost is per op): c is not rescaled (the tolerance is relative to max|c| instead, the same
-    test) and the loop starts from the first solve. ``info`` is :func:`equilibrate_definite`'s;
-    with it non-zero the answer is None.
+    test) and the loop starts from the first solve. One problem (B = 1, DualProj) keeps its
+    O(n) bookkeeping in Python floats, a few times cheaper than torch ops on [1, n] tensors.
+    ``info`` is :func:`equilibrate_definite`'s; with it non-zero, or c not finite (a zero
+    row there), the answer is None.
 
     Example:
         >>> C = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
         >>> pivoting_definite(C, torch.tensor([[-1.0, 1.0]], dtype=torch.float64), torch.tensor(0), 20, 1e-12)
         tensor([[0.5000, 0.0000]], dtype=torch.float64)
     """
+    if c.shape[0] == 1:
+        return _pivoting_one(C, c, info, max_iter, tol)
     floor = torch.linalg.vector_norm(c, float("inf"), 1, keepdim=True).mul_(-tol)  # −tol·max|c|
+    if info or not math.isfinite(floor.sum()):
+        return None
     free = c < floor  # the infeasible indices at x = 0
     if not free.any():
-        return None if info else torch.zeros_like(c)
+        return torch.zeros_like(c)
     eye = torch.eye(c.shape[1], dtype=C.dtype, device=C.device)
     negative = -c
     for _ in range(max_iter):
@@ -285,7 +295,37 @@ def pivoting_definite(
     else:
         return None
     # uncertified as in :func:`pivoting`: a failed factorization, or x ≥ 10⁸ (for max|c| = 1)
-    if info or (solved != 0).any() or (size * tol >= floor * -1e8).any():
+    if (solved != 0).any() or (size * tol >= floor * -1e8).any():
+        return None
+    return x.clamp_min_(0.0)
+
+
+def _pivoting_one(C: torch.Tensor, c: torch.Tensor, info: torch.Tensor, max_iter: int, tol: float):
+    """:func:`pivoting_definite` for c of shape [1, n]: the signs and sizes read as Python floats, 2-D solves."""
+    row = c.tolist()[0]
+    floor = tol * max(map(abs, row))
+    if info or not math.isfinite(floor):
+        return None
+    free = [value < -floor for value in row]
+    if not any(free):
+        return torch.zeros_like(c)
+    mask = c < -floor  # (free as a tensor: a comparison costs less than building one from a list)
+    eye = torch.eye(len(row), dtype=C.dtype, device=C.device)
+    negative = -c
+    for _ in range(max_iter):
+        L, solved = torch.linalg.cholesky_ex(torch.where(mask.mT & mask, C, eye))
+        x = torch.cholesky_solve(torch.where(mask, negative, 0.0).mT, L).mT
+        xs, lam = torch.cat((x, torch.addmm(c, x, C))).tolist()
+        size = max(map(abs, xs))
+        slack = -floor - tol * size
+        bad = [(xt if ft else lt) < slack for ft, xt, lt in zip(free, xs, lam)]
+        if not any(bad):
+            break
+        free = [ft != bt for ft, bt in zip(free, bad)]
+        mask = torch.tensor([free], device=c.device)
+    else:
+        return None
+    if solved or not size < 1e8 * floor / tol:  # (not <: a NaN is uncertified too)
         return None
     return x.clamp_min_(0.0)
 

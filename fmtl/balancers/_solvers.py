@@ -16,8 +16,6 @@ gradient steps beyond; these solvers replace both.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ._qp import (
@@ -148,8 +146,7 @@ def project_dual_cone(G: torch.Tensor, U: torch.Tensor, ridge: float = 0.0) -> t
         x = pivoting_definite(C, lower @ C, info, _max_iter(T), 1e-13 * T)
         if x is not None:
             v = torch.addcmul(u, x, inv)  # v = u + x/d
-            if math.isfinite(v.sum()):  # (a zero row: d⁻¹ = ∞)
-                return v if v.dtype == U.dtype else v.to(U.dtype)
+            return v if v.dtype == U.dtype else v.to(U.dtype)
     if ridge:
         G = G + ridge * torch.eye(T, dtype=G.dtype, device=G.device)
     C, d, zero = equilibrate(G)
