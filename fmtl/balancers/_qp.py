@@ -261,7 +261,7 @@ def pivoting(
 def pivoting_definite(
     C: torch.Tensor, c: torch.Tensor, info: torch.Tensor, max_iter: int, tol: float
 ) -> torch.Tensor | None:
-    """:func:`pivoting` eagerly for a positive definite C and nothing frozen: x ≥ 0, or None unless all rows are certified.
+    """:func:`pivoting` eagerly for a positive definite C, nothing frozen: x ≥ 0, or None unless every row is certified.
 
     The same exchanges, tolerance and certificate as :func:`pivoting` in half its ops (eager
     cost is per op): c is not rescaled (the tolerance is relative to max|c| instead, the same
@@ -318,10 +318,10 @@ def _pivoting_one(C: torch.Tensor, c: torch.Tensor, info: torch.Tensor, max_iter
         xs, lam = torch.cat((x, torch.addmm(c, x, C))).tolist()
         size = max(map(abs, xs))
         slack = -floor - tol * size
-        bad = [(xt if ft else lt) < slack for ft, xt, lt in zip(free, xs, lam)]
+        bad = [(xt if ft else lt) < slack for ft, xt, lt in zip(free, xs, lam, strict=True)]
         if not any(bad):
             break
-        free = [ft != bt for ft, bt in zip(free, bad)]
+        free = [ft != bt for ft, bt in zip(free, bad, strict=True)]
         mask = torch.tensor([free], device=c.device)
     else:
         return None

@@ -19,8 +19,15 @@ from __future__ import annotations
 import torch
 
 from ._qp import (
-    bounded_loop, eager_inference, equilibrate, equilibrate_definite, nnqp, pivoting, pivoting_definite, simplex_program,
-)  # fmt: skip
+    bounded_loop,
+    eager_inference,
+    equilibrate,
+    equilibrate_definite,
+    nnqp,
+    pivoting,
+    pivoting_definite,
+    simplex_program,
+)
 
 __all__ = [
     "min_norm_simplex",
