@@ -314,8 +314,8 @@ def _pivoting_one(C: torch.Tensor, c: torch.Tensor, info: torch.Tensor, max_iter
     negative = -c
     for _ in range(max_iter):
         L, solved = torch.linalg.cholesky_ex(torch.where(mask.mT & mask, C, eye))
-        x = torch.cholesky_solve(torch.where(mask, negative, 0.0).mT, L).mT
-        xs, lam = torch.cat((x, torch.addmm(c, x, C))).tolist()
+        x = torch.cholesky_solve((negative * mask).mT, L).mT  # (c is finite)
+        xs, lam = x.tolist()[0], torch.addmm(c, x, C).tolist()[0]
         size = max(map(abs, xs))
         slack = -floor - tol * size
         bad = [(xt if ft else lt) < slack for ft, xt, lt in zip(free, xs, lam, strict=True)]

@@ -41,7 +41,7 @@ def upgrad_projections(G: torch.Tensor, U: torch.Tensor, norm_eps: float, reg_ep
     """
     if torch.compiler.is_compiling():
         return project_dual_cone.__wrapped__(upgrad_gramian(G, norm_eps, reg_eps), U)
-    trace = float(torch.diagonal(G).sum())
+    trace = float(torch.trace(G))
     if trace < norm_eps:
         return U
     return project_dual_cone.__wrapped__(G, U, reg_eps * trace)
