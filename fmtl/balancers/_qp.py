@@ -13,6 +13,10 @@ the T×T Gramian. This module holds the machinery they share:
   (robust to a singular C) where it does not.
 * :func:`simplex_program` minimizes bᵀy + φ√(yᵀCy) on a weighted simplex (MGDA, CAGrad's dual)
   by Wolfe's active-set method with closed-form faces.
+* :func:`equilibrate_definite` and :func:`pivoting_definite` are the eager fast path of the two
+  for the common case (no zero row, C positive definite, nothing frozen): the same answers in a
+  third of the ops, since an eager solve of a dozen tasks costs what its ops cost (~2–10 µs
+  each, more on a cold cache), or None where they cannot certify one, and the caller falls back.
 * :func:`bounded_loop` runs an iteration while a problem is unfinished, at most ``max_iter``
   times: a Python loop with an early exit in eager mode, a ``torch.while_loop`` under
   ``torch.compile`` (one graph whatever the number of iterations, no data-dependent Python

@@ -16,7 +16,9 @@ __all__ = ["dualproj", "dualproj_weights"]
 def dualproj_weights(G: torch.Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-4) -> torch.Tensor:
     """DualProj's weights from the Gramian only: w = argmin_{v ≥ 1/T} vᵀ Ĝ v.
 
-    Ĝ = :func:`fmtl.balancers.upgrad.upgrad_gramian` (TorchJD's regularization).
+    Ĝ = :func:`fmtl.balancers.upgrad.upgrad_gramian` (TorchJD's regularization), solved by
+    :func:`fmtl.balancers.upgrad.upgrad_projections` (eagerly Ĝ's normalization is folded into
+    the solver's equilibration).
 
     Example:
         >>> dualproj_weights(torch.tensor([[1.0, -2.0], [-2.0, 5.0]]), reg_eps=0.0)  # ⟨g₁, g₀⟩ = −½: v₁ moves

@@ -52,7 +52,7 @@ def upgrad_weights(G: torch.Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-
     """UPGrad's weights from the Gramian only: w = Σ_i v_i, v_i = argmin_{v ≥ e_i/T} vᵀ Ĝ v.
 
     Ĝ = :func:`upgrad_gramian` (TorchJD's and LibMTL's regularization). The projections are
-    exact (:func:`fmtl.balancers._solvers.project_dual_cone`) even for ``reg_eps=0`` with a
+    exact (:func:`upgrad_projections`, :func:`fmtl.balancers._solvers.project_dual_cone`) even for ``reg_eps=0`` with a
     singular Ĝ: duplicate rows, a zero row, or a Gramian below ``norm_eps`` (then Ĝ = 0 and every
     v_i = e_i/T: the mean).
 
