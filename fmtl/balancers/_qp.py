@@ -276,7 +276,8 @@ def pivoting_definite(
 
     Example:
         >>> C = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
-        >>> pivoting_definite(C, torch.tensor([[-1.0, 1.0]], dtype=torch.float64), torch.tensor(0), 20, 1e-12)
+        >>> x = pivoting_definite(C, torch.tensor([[-1.0, 1.0]], dtype=torch.float64), torch.tensor(0), 20, 1e-12)
+        >>> x + 0.0  # (+ 0.0: an index at its bound may come back as −0.0)
         tensor([[0.5000, 0.0000]], dtype=torch.float64)
     """
     if c.shape[0] == 1:
