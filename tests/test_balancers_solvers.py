@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fmtl.balancers import _qp, _solvers
 from fmtl.balancers.dualproj import dualproj_weights
-from fmtl.balancers.upgrad import upgrad_gramian
+from fmtl.balancers.upgrad import upgrad_gramian, upgrad_weights
 
 F64 = torch.float64
 
@@ -75,6 +75,76 @@ def test_nnqp_matches_enumeration(n, batch, seed):
     assert int(iterations) < 4 * n + 20  # the bound is never reached
 
 
+def _dual_cone_general(G: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """project_dual_cone's general path (what it compiles to), written out from the _qp pieces."""
+    C, d, zero = _qp.equilibrate(G)
+    lower = torch.where(zero, 0.0, U.to(F64) * d)
+    x, _ = _qp.nnqp(C, lower @ C, zero)
+    return torch.where(zero, U.to(F64), (lower + x) / d).to(U.dtype)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 24), st.integers(0, 24), st.sampled_from([1.0, 1e4, 1e8]), st.sampled_from([1.0, 1e3]),
+       st.sampled_from([0.0, 1e-4]), st.booleans(), st.integers(0, 10_000))  # fmt: skip
+def test_the_eager_fast_path_gives_the_general_paths_answer(T, deficit, spread, condition, ridge, one, seed):
+    # the eager fast path (equilibrate_definite + pivoting_definite, Python bookkeeping for one row)
+    # against the general path it falls back to: the same projections, whatever the rank
+    G = random_gramian(T, max(T - deficit, 0), seed, spread, condition)
+    ridge = ridge * float(torch.trace(G))
+    U = torch.full((1, T), 1.0 / T, dtype=F64) if one else torch.eye(T, dtype=F64) / T
+    V = _solvers.project_dual_cone(G, U, ridge)
+    Gr = G + ridge * torch.eye(T, dtype=F64)
+    assert _solvers.kkt_dual_cone(Gr, U, V) <= 1e-9
+    if ridge > 0:  # (without it a singular G has many minimizers v: only Jᵀv is unique)
+        torch.testing.assert_close(V, _dual_cone_general(Gr, U), rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_pivoting_definite_matches_pivoting_and_declines_what_it_cannot_certify(B):
+    g = torch.Generator().manual_seed(B)
+    for n in (1, 4, 12):
+        A = torch.randn(n, n + 2, generator=g, dtype=F64)
+        C, _, info = _qp.equilibrate_definite(A @ A.T)
+        c = torch.randn(B, n, generator=g, dtype=F64)
+        x = _qp.pivoting_definite(C, c, info, 4 * n + 20, 1e-13 * n)
+        for b in range(B):
+            torch.testing.assert_close(x[b], _nnqp_reference(C, c[b]), rtol=1e-9, atol=1e-12)
+        # not positive definite (info), a zero row (NaN in C), or too few iterations: None
+        assert _qp.pivoting_definite(C, c, torch.tensor(1), 4 * n + 20, 1e-13 * n) is None
+        assert _qp.pivoting_definite(C, torch.full_like(c, float("nan")), info, 4 * n + 20, 1e-13 * n) is None
+    hard = -torch.ones(B, 12, dtype=F64)  # no iteration allowed: nothing is certified
+    C = torch.eye(12, dtype=F64) - 0.05
+    assert _qp.pivoting_definite(C, hard, torch.tensor(0), 0, 1e-12) is None
+
+
+def test_equilibrate_definite_is_equilibrate_of_the_ridged_gramian():
+    G = random_gramian(6, 6, 0, norm_spread=1e3)
+    for ridge in (0.0, 0.5):
+        C, inv, info = _qp.equilibrate_definite(G, ridge)
+        C0, d, zero = _qp.equilibrate(G + ridge * torch.eye(6, dtype=F64))
+        assert int(info) == 0 and not zero.any()
+        torch.testing.assert_close(C, C0, rtol=1e-14, atol=1e-14)
+        torch.testing.assert_close(inv, 1 / d, rtol=1e-15, atol=0)
+    # a zero row: NaN in C (so c = Cl is NaN and the fast path declines), even for T = 1
+    for Z in (torch.zeros(1, 1, dtype=F64), torch.block_diag(G[:2, :2], torch.zeros(1, 1, dtype=F64))):
+        C, _, _ = _qp.equilibrate_definite(Z)
+        assert torch.isnan(C).any()
+    # indefinite by round-off: info ≠ 0
+    assert int(_qp.equilibrate_definite(torch.tensor([[1.0, -1.0 - 1e-6], [-1.0 - 1e-6, 1.0]]))[2]) != 0
+
+
+def test_zero_rows_and_tiny_gramians_take_the_general_path():
+    # a zero gradient keeps v_t = u_t; G = 0 (T = 1 included) gives v = u; tr(G) < norm_eps is the mean
+    conflict, zero = torch.tensor([[1.0, -1.0], [-1.0, 2.0]], dtype=F64), torch.zeros(1, 1, dtype=F64)
+    for G in (zero, torch.zeros(3, 3, dtype=F64), torch.block_diag(conflict, zero)):
+        T = G.shape[0]
+        u = torch.full((1, T), 1.0 / T, dtype=F64)
+        V = _solvers.project_dual_cone(G, u)
+        assert torch.isfinite(V).all()
+        torch.testing.assert_close(V, _dual_cone_general(G, u))
+    torch.testing.assert_close(dualproj_weights(1e-6 * torch.eye(3, dtype=F64)), torch.full((3,), 1 / 3, dtype=F64))
+
+
 def test_project_simplex_is_the_euclidean_projection():
     g = torch.Generator().manual_seed(0)
     for _ in range(50):
@@ -103,8 +173,10 @@ def test_solvers_compile_to_one_graph_and_match_eager(T):
     torch._dynamo.reset()
     G = random_gramian(T, T, 3, norm_spread=10.0)
     u = torch.full((1, T), 1.0 / T, dtype=F64)
+    tiny = 1e-6 * G / torch.trace(G)  # tr(G) < norm_eps: the mean, by a branch eagerly
     for fn, args in ((_solvers.min_norm_simplex, (G,)), (_solvers.project_dual_cone, (G, u)),
-                     (dualproj_weights, (G,)), (_solvers.cagrad_dual, (G, 0.5))):  # fmt: skip
+                     (dualproj_weights, (G,)), (dualproj_weights, (tiny,)), (upgrad_weights, (G,)),
+                     (_solvers.cagrad_dual, (G, 0.5))):  # fmt: skip
         compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
         torch.testing.assert_close(compiled(*args), fn(*args), rtol=1e-10, atol=1e-12)
 

@@ -13,6 +13,10 @@ the T×T Gramian. This module holds the machinery they share:
   (robust to a singular C) where it does not.
 * :func:`simplex_program` minimizes bᵀy + φ√(yᵀCy) on a weighted simplex (MGDA, CAGrad's dual)
   by Wolfe's active-set method with closed-form faces.
+* :func:`equilibrate_definite` and :func:`pivoting_definite` are the eager fast path of the two
+  for the common case (no zero row, C positive definite, nothing frozen): the same answers in a
+  third of the ops, since an eager solve of a dozen tasks costs what its ops cost (~2–10 µs
+  each, more on a cold cache), or None where they cannot certify one, and the caller falls back.
 * :func:`bounded_loop` runs an iteration while a problem is unfinished, at most ``max_iter``
   times: a Python loop with an early exit in eager mode, a ``torch.while_loop`` under
   ``torch.compile`` (one graph whatever the number of iterations, no data-dependent Python
@@ -22,6 +26,7 @@ the T×T Gramian. This module holds the machinery they share:
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -29,8 +34,8 @@ import torch
 from torch.utils import _pytree as pytree
 
 __all__ = [
-    "bounded_loop", "eager_inference", "equilibrate", "masked_system", "nnqp", "pivoting", "simplex_program",
-    "project_simplex",
+    "bounded_loop", "eager_inference", "equilibrate", "equilibrate_definite", "masked_system", "nnqp", "pivoting",
+    "pivoting_definite", "simplex_program", "project_simplex",
 ]  # fmt: skip
 
 F = TypeVar("F", bound=Callable)
@@ -63,6 +68,8 @@ def eager_inference(fn: F) -> F:
             return fn(*args, **kwargs)
         with torch.inference_mode():
             out = fn(*args, **kwargs)
+        if isinstance(out, torch.Tensor):  # (the common case without pytree's few microseconds)
+            return out.clone()
         return pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, out)
 
     return wrapper  # type: ignore[return-value]
@@ -143,6 +150,30 @@ def equilibrate(G: torch.Tensor, ridge: float | None = None) -> tuple[torch.Tens
     finite = torch.where(torch.isfinite(C), C, 0.0)
     shift = (T * torch.finfo(G.dtype).eps - torch.linalg.eigvalsh(finite)[0]).clamp_min(0.0)
     return C + torch.where(definite, 0.0, shift) * torch.eye(T, dtype=C.dtype, device=C.device), d, zero
+
+
+def equilibrate_definite(G: torch.Tensor, ridge: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`equilibrate` of G + ridge·I in its common case, eagerly: ``(C, d⁻¹, info)``.
+
+    C = D⁻¹(G + ridge·I)D⁻¹ + T·ε₆₄·I, D² = diag(G) + ridge, as :func:`equilibrate` finds it when
+    no row is zero and C is positive definite, in a third of its ops (eager cost is per op; C's
+    diagonal is its exact value, 1 + T·ε₆₄). ``info`` (0-d) is non-zero where C is not numerically
+    positive definite; a zero row gives d⁻¹ = ∞ and NaNs in C, which callers must catch (c = Cl
+    is then not finite). Either way they fall back to :func:`equilibrate`. A row below :func:`equilibrate`'s
+    2⁻⁹⁰⁰ threshold but not zero is kept as the non-zero row it is.
+
+    Example:
+        >>> C, inv, info = equilibrate_definite(torch.tensor([[3.0, -2.0], [-2.0, 3.0]]), 1.0)
+        >>> C, inv, int(info)
+        (tensor([[ 1.0000, -0.5000],
+                [-0.5000,  1.0000]], dtype=torch.float64), tensor([0.5000, 0.5000], dtype=torch.float64), 0)
+    """
+    G64 = G if G.dtype == torch.float64 else G.to(torch.float64)
+    inv = (G64.diagonal() + ridge).rsqrt_()
+    C = G64 * torch.outer(inv, inv)
+    one = 1.0 + G.shape[0] * torch.finfo(torch.float64).eps
+    C.diagonal().clamp_(one, one)  # (a fill that keeps a zero row's NaN: 0·∞²)
+    return C, inv, torch.linalg.cholesky_ex(C)[1]
 
 
 def masked_system(C: torch.Tensor, free: torch.Tensor, eye: torch.Tensor | None = None) -> torch.Tensor:
@@ -229,6 +260,81 @@ def pivoting(
     start = (bad.any(), torch.zeros_like(c), none, bad, torch.zeros(c.shape[0], dtype=torch.int32, device=c.device))
     _, (_, x, _, bad, info) = bounded_loop(body, start, max_iter)
     return x, ~bad.any(1) & (info == 0) & (x.abs().amax(1) < 1e8)
+
+
+def pivoting_definite(
+    C: torch.Tensor, c: torch.Tensor, info: torch.Tensor, max_iter: int, tol: float
+) -> torch.Tensor | None:
+    """:func:`pivoting` eagerly for a positive definite C, nothing frozen: x ≥ 0, or None unless every row is certified.
+
+    The same exchanges, tolerance and certificate as :func:`pivoting` in half its ops (eager
+    cost is per op): c is not rescaled (the tolerance is relative to max|c| instead, the same
+    test) and the loop starts from the first solve. One problem (B = 1, DualProj) keeps its
+    O(n) bookkeeping in Python floats, a few times cheaper than torch ops on [1, n] tensors.
+    ``info`` is :func:`equilibrate_definite`'s; with it non-zero, or c not finite (a zero
+    row there), the answer is None.
+
+    Example:
+        >>> C = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+        >>> x = pivoting_definite(C, torch.tensor([[-1.0, 1.0]], dtype=torch.float64), torch.tensor(0), 20, 1e-12)
+        >>> x + 0.0  # (+ 0.0: an index at its bound may come back as −0.0)
+        tensor([[0.5000, 0.0000]], dtype=torch.float64)
+    """
+    if c.shape[0] == 1:
+        return _pivoting_one(C, c, info, max_iter, tol)
+    floor = torch.linalg.vector_norm(c, float("inf"), 1, keepdim=True).mul_(-tol)  # −tol·max|c|
+    if info or not math.isfinite(floor.sum()):
+        return None
+    free = c < floor  # the infeasible indices at x = 0
+    if not free.any():
+        return torch.zeros_like(c)
+    eye = torch.eye(c.shape[1], dtype=C.dtype, device=C.device)
+    negative = -c
+    for _ in range(max_iter):
+        x, solved = _free_solve(C, negative, free, eye)
+        size = torch.linalg.vector_norm(x, float("inf"), 1, keepdim=True)
+        bad = torch.where(free, x, torch.addmm(c, x, C)) < torch.add(floor, size, alpha=-tol)
+        if not bad.any():
+            break
+        free = free ^ bad
+    else:
+        return None
+    # uncertified as in :func:`pivoting`: a failed factorization, or x ≥ 10⁸ (for max|c| = 1)
+    if (solved != 0).any() or (size * tol >= floor * -1e8).any():
+        return None
+    return x.clamp_min_(0.0)
+
+
+def _pivoting_one(C: torch.Tensor, c: torch.Tensor, info: torch.Tensor, max_iter: int, tol: float):
+    """:func:`pivoting_definite` for c of shape [1, n]: the signs and sizes read as Python floats, 2-D solves."""
+    row = c.tolist()[0]
+    floor = tol * max(map(abs, row))
+    if info or not math.isfinite(floor):
+        return None
+    free = [value < -floor for value in row]
+    if not any(free):
+        return torch.zeros_like(c)
+    mask = c < -floor  # (free as a tensor: a comparison costs less than building one from a list)
+    eye = torch.eye(len(row), dtype=C.dtype, device=C.device)
+    negative = -c
+    for _ in range(max_iter):
+        L, solved = torch.linalg.cholesky_ex(torch.where(mask.mT & mask, C, eye))
+        # (two triangular solves: cholesky_solve costs about twice as much on a cold cache)
+        y = torch.linalg.solve_triangular(L, (negative * mask).mT, upper=False)  # (c is finite)
+        x = torch.linalg.solve_triangular(L.mT, y, upper=True).mT
+        xs, lam = x.tolist()[0], torch.addmm(c, x, C).tolist()[0]
+        size = max(map(abs, xs))
+        slack = -floor - tol * size
+        bad = [(xt if ft else lt) < slack for ft, xt, lt in zip(free, xs, lam, strict=True)]
+        if not any(bad):
+            break
+        free = [ft != bt for ft, bt in zip(free, bad, strict=True)]
+        mask = torch.frombuffer(bytearray(free), dtype=torch.bool).view(1, -1).to(c.device)  # (torch.tensor: 2×)
+    else:
+        return None
+    if solved or not size < 1e8 * floor / tol:  # (not <: a NaN is uncertified too)
+        return None
+    return x.clamp_min_(0.0)
 
 
 def _active_set(C, c, frozen, x, free, done, max_iter: int, tol: float):

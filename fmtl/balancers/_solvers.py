@@ -18,7 +18,16 @@ from __future__ import annotations
 
 import torch
 
-from ._qp import bounded_loop, eager_inference, equilibrate, nnqp, pivoting, simplex_program
+from ._qp import (
+    bounded_loop,
+    eager_inference,
+    equilibrate,
+    equilibrate_definite,
+    nnqp,
+    pivoting,
+    pivoting_definite,
+    simplex_program,
+)
 
 __all__ = [
     "min_norm_simplex",
@@ -118,14 +127,17 @@ def cagrad_dual(G: torch.Tensor, c: float) -> torch.Tensor:
 
 
 @eager_inference
-def project_dual_cone(G: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
-    """UPGrad's projections: row i of the result is ``argmin_{v ≥ u_i} vᵀ G v``.
+def project_dual_cone(G: torch.Tensor, U: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
+    """UPGrad's projections: row i of the result is ``argmin_{v ≥ u_i} vᵀ (G + ridge·I) v``.
 
     ``Jᵀv`` is then the projection of ``Jᵀu_i`` onto the dual cone {x : J x ≥ 0} (TorchJD,
     Prop. 1 of "Jacobian Descent"). In the scaled variables y = Dv the problem is
     ``min_{x ≥ 0} ½xᵀCx + (Cl)ᵀx`` with l = Du and y = l + x, solved for all rows at once
     (:func:`fmtl.balancers._qp.nnqp`). G may be singular; a zero row t does not enter the
-    objective and keeps v_t = u_t.
+    objective and keeps v_t = u_t. Eagerly, the common case (no zero row, C positive definite,
+    pivoting certified: :func:`fmtl.balancers._qp.equilibrate_definite` and
+    :func:`fmtl.balancers._qp.pivoting_definite`) takes a third of the ops; the answers are
+    the same to round-off.
 
     Example:
         >>> G = torch.tensor([[1.0, -1.0], [-1.0, 2.0]])
@@ -134,8 +146,17 @@ def project_dual_cone(G: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
                 [1.0000, 1.0000]])
     """
     T = G.shape[0]
+    u = U if U.dtype == torch.float64 else U.to(torch.float64)
+    if not torch.compiler.is_compiling():
+        C, inv, info = equilibrate_definite(G, ridge)
+        lower = u / inv
+        x = pivoting_definite(C, lower @ C, info, _max_iter(T), 1e-13 * T)
+        if x is not None:
+            v = torch.addcmul(u, x, inv)  # v = u + x/d
+            return v if v.dtype == U.dtype else v.to(U.dtype)
+    if ridge:
+        G = G + ridge * torch.eye(T, dtype=G.dtype, device=G.device)
     C, d, zero = equilibrate(G)
-    u = U.to(torch.float64)
     lower = torch.where(zero, 0.0, u * d)
     x, _ = nnqp(C, lower @ C, zero, _max_iter(T))
     return torch.where(zero, u, (lower + x) / d).to(U.dtype)

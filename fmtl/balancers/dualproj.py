@@ -7,8 +7,7 @@ import torch
 from ..base import Balancer, EmptyState
 from ._gradient import gramian_balancer
 from ._qp import eager_inference
-from ._solvers import project_dual_cone
-from .upgrad import upgrad_gramian
+from .upgrad import upgrad_projections
 
 __all__ = ["dualproj", "dualproj_weights"]
 
@@ -17,7 +16,9 @@ __all__ = ["dualproj", "dualproj_weights"]
 def dualproj_weights(G: torch.Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-4) -> torch.Tensor:
     """DualProj's weights from the Gramian only: w = argmin_{v ≥ 1/T} vᵀ Ĝ v.
 
-    Ĝ = :func:`fmtl.balancers.upgrad.upgrad_gramian` (TorchJD's regularization).
+    Ĝ = :func:`fmtl.balancers.upgrad.upgrad_gramian` (TorchJD's regularization), solved by
+    :func:`fmtl.balancers.upgrad.upgrad_projections` (eagerly Ĝ's normalization is folded into
+    the solver's equilibration).
 
     Example:
         >>> dualproj_weights(torch.tensor([[1.0, -2.0], [-2.0, 5.0]]), reg_eps=0.0)  # ⟨g₁, g₀⟩ = −½: v₁ moves
@@ -25,8 +26,7 @@ def dualproj_weights(G: torch.Tensor, norm_eps: float = 1e-4, reg_eps: float = 1
     """
     T = G.shape[0]
     u = torch.full((1, T), 1.0 / T, dtype=G.dtype, device=G.device)
-    # (the undecorated solver: this function already runs in inference mode)
-    return project_dual_cone.__wrapped__(upgrad_gramian(G, norm_eps, reg_eps), u)[0]
+    return upgrad_projections(G, u, norm_eps, reg_eps)[0]
 
 
 def dualproj(norm_eps: float = 1e-4, reg_eps: float = 1e-4, log_transform: bool = False, eps: float = 1e-8) -> Balancer:

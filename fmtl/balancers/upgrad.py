@@ -9,7 +9,7 @@ from ._gradient import gramian_balancer
 from ._qp import eager_inference
 from ._solvers import project_dual_cone
 
-__all__ = ["upgrad", "upgrad_weights", "upgrad_gramian"]
+__all__ = ["upgrad", "upgrad_weights", "upgrad_gramian", "upgrad_projections"]
 
 
 def upgrad_gramian(G: torch.Tensor, norm_eps: float, reg_eps: float) -> torch.Tensor:
@@ -26,12 +26,33 @@ def upgrad_gramian(G: torch.Tensor, norm_eps: float, reg_eps: float) -> torch.Te
     return Gn
 
 
+def upgrad_projections(G: torch.Tensor, U: torch.Tensor, norm_eps: float, reg_eps: float) -> torch.Tensor:
+    """Row i: ``argmin_{v ≥ u_i} vᵀ Ĝ v`` for Ĝ = :func:`upgrad_gramian` and U ≥ 0 (UPGrad's and DualProj's).
+
+    Eagerly Ĝ is never formed: its minimizers are those of tr(G)·Ĝ = G + reg_eps·tr(G)·I, a
+    ridge the solver folds into its equilibration (fewer ops, the same answer to round-off),
+    and for tr(G) < norm_eps, Ĝ = reg_eps·I gives v = u. Under compile, Ĝ itself (no
+    data-dependent branch).
+
+    Example:
+        >>> upgrad_projections(torch.tensor([[1.0, -1.0], [-1.0, 2.0]]), torch.eye(2), 1e-4, 0.0)
+        tensor([[1.0000, 0.5000],
+                [1.0000, 1.0000]])
+    """
+    if torch.compiler.is_compiling():
+        return project_dual_cone.__wrapped__(upgrad_gramian(G, norm_eps, reg_eps), U)
+    trace = float(torch.trace(G))
+    if trace < norm_eps:
+        return U
+    return project_dual_cone.__wrapped__(G, U, reg_eps * trace)
+
+
 @eager_inference
 def upgrad_weights(G: torch.Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-4) -> torch.Tensor:
     """UPGrad's weights from the Gramian only: w = Σ_i v_i, v_i = argmin_{v ≥ e_i/T} vᵀ Ĝ v.
 
     Ĝ = :func:`upgrad_gramian` (TorchJD's and LibMTL's regularization). The projections are
-    exact (:func:`fmtl.balancers._solvers.project_dual_cone`) even for ``reg_eps=0`` with a
+    exact (:func:`upgrad_projections`, :func:`fmtl.balancers._solvers.project_dual_cone`) even for ``reg_eps=0`` with a
     singular Ĝ: duplicate rows, a zero row, or a Gramian below ``norm_eps`` (then Ĝ = 0 and every
     v_i = e_i/T: the mean).
 
@@ -41,8 +62,7 @@ def upgrad_weights(G: torch.Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-
     """
     T = G.shape[0]
     U = torch.eye(T, dtype=G.dtype, device=G.device) / T
-    # (the undecorated solver: this function already runs in inference mode)
-    return project_dual_cone.__wrapped__(upgrad_gramian(G, norm_eps, reg_eps), U).sum(0)
+    return upgrad_projections(G, U, norm_eps, reg_eps).sum(0)
 
 
 def upgrad(norm_eps: float = 1e-4, reg_eps: float = 1e-4, log_transform: bool = False, eps: float = 1e-8) -> Balancer:
