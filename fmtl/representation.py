@@ -68,7 +68,9 @@ from torch.utils import _pytree as pytree
 
 from .balancers.dbmtl import DBMTLState
 from .base import Balancer, TaskGradients
-from .task_gradients import task_gradients
+from .jacobian import _in_transform
+from .params import task_names
+from .task_gradients import check_losses, task_gradients
 
 __all__ = ["TwoStageLoss", "check_support", "representation_gradients"]
 
@@ -179,6 +181,10 @@ def representation_gradients(
         >>> grads.shared["z"], pullback(torch.tensor(1.0))["w"]  # ∇z ℓ = (3, 5); ∂z/∂w = b = 1
         (tensor([3., 5.]), tensor(1.))
     """
+    if strategy == "auto" and chunk_size is None and max_memory is None and not _in_transform():
+        fast = _autograd_representation(loss, params, batch)
+        if fast is not None:
+            return fast
     z, pullback = vjp(lambda shared: loss.encode(shared, batch), params["shared"])
     z_params = TensorDict({"shared": {"z": z}, "tasks": params["tasks"]}, [])
     grads = task_gradients(
@@ -187,6 +193,53 @@ def representation_gradients(
     # the balancer's output for z drops a TensorDict z's batch size; the pullback wants z's own structure
     spec = pytree.tree_structure(z)
     return grads, z_params, lambda g_z: pullback(pytree.tree_unflatten(pytree.tree_leaves(g_z), spec))[0]
+
+
+def _leaf(v: torch.Tensor) -> torch.Tensor:
+    return v.detach().requires_grad_()
+
+
+def _autograd_representation(
+    loss: TwoStageLoss, params: TensorDict, batch: Any
+) -> tuple[TaskGradients, TensorDict, Callable[[Any], TensorDict]] | None:
+    """The eager path of :func:`representation_gradients`: plain autograd, three backward calls.
+
+    One forward of the encoder on detached leaves θ (its graph kept for the pullback), the heads
+    on a detached z; Z from one batched backward of the T unit cotangents to z alone
+    (``is_grads_batched``), ∇ψ_t ℓ_t from one backward of Σ_t ℓ_t: each head's parameters enter only
+    their own task's loss (what the task gradients assume everywhere: ``fmtl.jacobian`` keeps the
+    diagonal blocks), so ∇ψ_t Σ_s ℓ_s = ∇ψ_t ℓ_t, and the T² head products a batched backward to
+    ψ would make are skipped. Against the ``torch.func`` strategies on the MLP at T = 11 and 40 it
+    saves the transforms' wrapping of every leaf and the pytree work (``benchmarks/RESULTS.md``).
+    ``None`` (the caller takes the ``torch.func`` path) for a representation that is not one tensor.
+    """
+    names = task_names(params)
+    shared = params["shared"].apply(_leaf)
+    tasks = params["tasks"].apply(_leaf)
+    with torch.enable_grad():
+        z = loss.encode(shared, batch)
+        if not isinstance(z, torch.Tensor):
+            return None
+        z_in = _leaf(z)
+        losses = loss.heads(tasks, z_in, batch)
+        check_losses(losses, names)
+        eye = torch.eye(len(names), dtype=losses.dtype, device=losses.device)
+        (Z,) = torch.autograd.grad(losses, z_in, eye, is_grads_batched=True, retain_graph=True)
+        head_leaves = list(tasks.values(True, True))
+        head_grads = torch.autograd.grad(losses.sum(), head_leaves, allow_unused=True) if head_leaves else ()
+    head_grads = [torch.zeros_like(x) if g is None else g for g, x in zip(head_grads, head_leaves, strict=True)]
+    heads = params["tasks"].empty(recurse=True).update(dict(zip(tasks.keys(True, True), head_grads, strict=True)))
+    grads = TaskGradients(losses.detach(), TensorDict({"z": Z}, [len(names)]), heads)
+    z_params = TensorDict({"shared": {"z": z.detach()}, "tasks": params["tasks"]}, [])
+    keys = list(shared.keys(True, True))
+    theta = list(shared.values(True, True))
+
+    def pullback(g_z: torch.Tensor) -> TensorDict:
+        g = torch.autograd.grad(z, theta, g_z, allow_unused=True)
+        g = [torch.zeros_like(x) if d is None else d for d, x in zip(g, theta, strict=True)]
+        return params["shared"].empty(recurse=True).update(dict(zip(keys, g, strict=True)))
+
+    return grads, z_params, pullback
 
 
 def _heads_loss(heads: Heads) -> Callable[[TensorDict, Any], torch.Tensor]:
