@@ -14,6 +14,23 @@ For a method whose output is a combination of the rows, g̃_z = Zᵀw, step 4 is
 Σ_t w_t ℓ_t (one backward, the cost of equal weighting), so the whole step costs about an EW
 step plus T backwards through the heads and the T×T Gramian of Z.
 
+**Eagerly** (not compiled, not inside another ``torch.func`` transform, ``strategy="auto"``,
+no ``chunk_size`` or ``max_memory``, z one tensor) steps 1–4 are plain autograd on detached
+copies of the parameters: one forward of the encoder whose graph is kept for step 4, Z from one
+batched backward of the T unit cotangents to z alone, ∇ψ_t ℓ_t from one backward of Σ_t ℓ_t (each
+head's parameters enter only their own task's loss, the assumption of every task-gradient
+strategy, so ∇ψ_t Σ_s ℓ_s = ∇ψ_t ℓ_t), step 4 one ``autograd.grad`` of z. It skips the
+transforms' wrapping of every leaf and their pytree work, which on the MLP at T = 11 cost more
+than the heads' backwards themselves (``benchmarks/RESULTS.md`` §10.6). Otherwise (and under
+``torch.compile``) the encoder runs under ``torch.func.vjp`` and Z comes from
+:func:`fmtl.task_gradients` with the given strategy; both give the same numbers.
+
+**Cost that stays above an EW step.** Z is [T, B, D] per sample, so its Gramian costs T²·B·D
+multiply-adds, and with the heads applied as one product (:func:`fmtl.heads.linear_heads`) the
+batched backward to z costs T²·B·D as well (each task's cotangent crosses the whole
+[ΣO_t, D] head matrix). On the benchmark MLP (B = 128, D = 512) each is ~4 % of an EW step's
+multiply-adds (2.1·10⁸) at T = 11 and ~50 % at T = 40.
+
 **How the maths differs from the parameter-gradient version.** The weights are chosen from the
 Gramian G_z = Z Zᵀ of the representation gradients instead of G = J Jᵀ: the inner products are
 taken over z's entries (batch × features, all flattened), not over θ. Sener & Koltun (2018,
