@@ -252,7 +252,8 @@ def _autograd_representation(
     theta = list(shared.values(True, True))
 
     def pullback(g_z: torch.Tensor) -> TensorDict:
-        g = torch.autograd.grad(z, theta, g_z, allow_unused=True)
+        # an encoder without parameters, or a z that does not depend on them: ∇θ = 0
+        g = torch.autograd.grad(z, theta, g_z, allow_unused=True) if theta and z.requires_grad else [None] * len(theta)
         g = [torch.zeros_like(x) if d is None else d for d, x in zip(g, theta, strict=True)]
         return params["shared"].empty(recurse=True).update(dict(zip(keys, g, strict=True)))
 
