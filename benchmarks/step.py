@@ -71,6 +71,10 @@ def _rep_steps(problem: common.Problem, methods: list[str]) -> tuple[dict, dict]
     return steps, weightings
 
 
+def _ratio(ms: float, base: float | None) -> float | None:
+    return round(ms / base, 3) if base else None
+
+
 def run_one(model: str, T: int, args) -> list[dict]:
     problem = common.build(model, T, args.device)
     params, batch, loss_fn = problem.params, problem.batch, problem.loss_fn
@@ -110,8 +114,10 @@ def run_one(model: str, T: int, args) -> list[dict]:
         "[T, P] update floor": lambda: _update_floor(ema, J),
     }
     fns.update(weightings)
+    if args.only:  # the rows asked for, and the EW step every ratio divides by
+        fns = {k: f for k, f in fns.items() if k == "ew step, sgd" or any(k.startswith(o) for o in args.only)}
     if args.compile and model in args.compile_models:
-        for k in [k for k in args.compile_steps if k in steps]:
+        for k in [k for k in args.compile_steps if k in steps and (not args.only or k in fns)]:
             f = torch.compile(lambda p, s, b, k=k: steps[k](p, s, b), fullgraph=True)
             f(params, states[k], batch)
             fns[f"{k} compiled"] = lambda f=f, k=k: f(params, states[k], batch)
@@ -120,17 +126,19 @@ def run_one(model: str, T: int, args) -> list[dict]:
         fns["task_gradients compiled"] = lambda: tg(params, batch)
     times = common.timings(fns, rounds=args.rounds, warmup=args.warmup, clock=args.clock,
                            sync=common.sync_for(args.device))  # fmt: skip
-    loop_ms = min(times["loop step"].ms, times.get("loop step, heads one by one", times["loop step"]).ms)
-    floor = times["forward"].ms + T * (times["forward+backward"].ms - times["forward"].ms)
+    loops = [times[k].ms for k in ("loop step", "loop step, heads one by one") if k in times]
+    loop_ms = min(loops) if loops else None
+    floor = (times["forward"].ms + T * (times["forward+backward"].ms - times["forward"].ms)
+             if "forward" in times and "forward+backward" in times else None)  # fmt: skip
     load = common.loadavg()
     rows = []
     for name, t in times.items():
         suffix = " compiled" if name.endswith(" compiled") else ""
         row = {"model": model, "T": T, "variant": name, "ms": t.ms, "spread": t.spread, "auto_chose": chosen,
-               "vs_loop_step": round(t.ms / loop_ms, 3),
-               "vs_libmtl_step": round(t.ms / times["libmtl step"].ms, 3),
-               "vs_flop_floor": round(t.ms / floor, 3), "loadavg": load}  # fmt: skip
-        if name.startswith("dbmtl step") or name == "[T, P] update floor":
+               "vs_loop_step": _ratio(t.ms, loop_ms),
+               "vs_libmtl_step": _ratio(t.ms, times["libmtl step"].ms if "libmtl step" in times else None),
+               "vs_flop_floor": _ratio(t.ms, floor), "loadavg": load}  # fmt: skip
+        if (name.startswith("dbmtl step") or name == "[T, P] update floor") and "task_gradients" + suffix in times:
             row["vs_own_task_gradients"] = round(t.ms / times["task_gradients" + suffix].ms, 3)
         if name.startswith("uw step"):
             row["vs_ew_step"] = round(t.ms / times["ew step" + suffix].ms, 3)
@@ -142,7 +150,8 @@ def run_one(model: str, T: int, args) -> list[dict]:
         rows.append(row)
         extra = {k: v for k, v in row.items() if k.startswith("vs_") or k in ("peak_mib", "spread")}
         print(f"{model:8s} T={T:3d} {name:28s} {t.ms:9.2f} ms  {extra}", flush=True)
-    rows.append({"model": model, "T": T, "variant": "flop floor (1 fwd + T bwd)", "ms": round(floor, 3)})
+    if floor is not None:
+        rows.append({"model": model, "T": T, "variant": "flop floor (1 fwd + T bwd)", "ms": round(floor, 3)})
     return rows
 
 
@@ -155,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile-steps", default="dbmtl step,dbmtl step|sgd,ew step,ew step|sgd",
                    help="the steps compiled (comma-separated; '|' stands for ', ': pcgrad step|rep_grad)")
     p.add_argument("--rep-methods", default=REP_METHODS, help="methods with rep_grad rows ('' for none)")
+    p.add_argument("--only", default="", help="time only the rows whose names start with one of these "
+                   "(comma-separated; '|' stands for ', '), plus 'ew step, sgd'")
     common.add_run_args(p)
     args = p.parse_args(argv)
     common.setup(args)
@@ -163,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     args.rep_methods = [m for m in args.rep_methods.split(",") if m]
     args.compile_models = args.compile_models.split(",")
     args.compile_steps = [k.replace("|", ", ") for k in args.compile_steps.split(",") if k]
+    args.only = [k.replace("|", ", ") for k in args.only.split(",") if k]
     results = {"machine": common.machine(args.device), "rows": []}
     name = Path(__file__).stem + ("" if args.malloc == "default" else "_malloc_tuned")
     for model in args.models.split(","):

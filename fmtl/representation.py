@@ -14,6 +14,23 @@ For a method whose output is a combination of the rows, g̃_z = Zᵀw, step 4 is
 Σ_t w_t ℓ_t (one backward, the cost of equal weighting), so the whole step costs about an EW
 step plus T backwards through the heads and the T×T Gramian of Z.
 
+**Eagerly** (not compiled, not inside another ``torch.func`` transform, ``strategy="auto"``,
+no ``chunk_size`` or ``max_memory``, z one tensor) steps 1–4 are plain autograd on detached
+copies of the parameters: one forward of the encoder whose graph is kept for step 4, Z from one
+batched backward of the T unit cotangents to z alone, ∇ψ_t ℓ_t from one backward of Σ_t ℓ_t (each
+head's parameters enter only their own task's loss, the assumption of every task-gradient
+strategy, so ∇ψ_t Σ_s ℓ_s = ∇ψ_t ℓ_t), step 4 one ``autograd.grad`` of z. It skips the
+transforms' wrapping of every leaf and their pytree work, which on the MLP at T = 11 cost more
+than the heads' backwards themselves (``benchmarks/RESULTS.md`` §10.6). Otherwise (and under
+``torch.compile``) the encoder runs under ``torch.func.vjp`` and Z comes from
+:func:`fmtl.task_gradients` with the given strategy; both give the same numbers.
+
+**Cost that stays above an EW step.** Z is [T, B, D] per sample, so its Gramian costs T²·B·D
+multiply-adds, and with the heads applied as one product (:func:`fmtl.heads.linear_heads`) the
+batched backward to z costs T²·B·D as well (each task's cotangent crosses the whole
+[ΣO_t, D] head matrix). On the benchmark MLP (B = 128, D = 512) each is ~4 % of an EW step's
+multiply-adds (2.1·10⁸) at T = 11 and ~50 % at T = 40.
+
 **How the maths differs from the parameter-gradient version.** The weights are chosen from the
 Gramian G_z = Z Zᵀ of the representation gradients instead of G = J Jᵀ: the inner products are
 taken over z's entries (batch × features, all flattened), not over θ. Sener & Koltun (2018,
@@ -68,7 +85,9 @@ from torch.utils import _pytree as pytree
 
 from .balancers.dbmtl import DBMTLState
 from .base import Balancer, TaskGradients
-from .task_gradients import task_gradients
+from .jacobian import _in_transform
+from .params import task_names
+from .task_gradients import check_losses, task_gradients
 
 __all__ = ["TwoStageLoss", "check_support", "representation_gradients"]
 
@@ -179,6 +198,10 @@ def representation_gradients(
         >>> grads.shared["z"], pullback(torch.tensor(1.0))["w"]  # ∇z ℓ = (3, 5); ∂z/∂w = b = 1
         (tensor([3., 5.]), tensor(1.))
     """
+    if strategy == "auto" and chunk_size is None and max_memory is None and not _in_transform():
+        fast = _autograd_representation(loss, params, batch)
+        if fast is not None:
+            return fast
     z, pullback = vjp(lambda shared: loss.encode(shared, batch), params["shared"])
     z_params = TensorDict({"shared": {"z": z}, "tasks": params["tasks"]}, [])
     grads = task_gradients(
@@ -187,6 +210,54 @@ def representation_gradients(
     # the balancer's output for z drops a TensorDict z's batch size; the pullback wants z's own structure
     spec = pytree.tree_structure(z)
     return grads, z_params, lambda g_z: pullback(pytree.tree_unflatten(pytree.tree_leaves(g_z), spec))[0]
+
+
+def _leaf(v: torch.Tensor) -> torch.Tensor:
+    return v.detach().requires_grad_()
+
+
+def _autograd_representation(
+    loss: TwoStageLoss, params: TensorDict, batch: Any
+) -> tuple[TaskGradients, TensorDict, Callable[[Any], TensorDict]] | None:
+    """The eager path of :func:`representation_gradients`: plain autograd, three backward calls.
+
+    One forward of the encoder on detached leaves θ (its graph kept for the pullback), the heads
+    on a detached z; Z from one batched backward of the T unit cotangents to z alone
+    (``is_grads_batched``), ∇ψ_t ℓ_t from one backward of Σ_t ℓ_t: each head's parameters enter only
+    their own task's loss (what the task gradients assume everywhere: ``fmtl.jacobian`` keeps the
+    diagonal blocks), so ∇ψ_t Σ_s ℓ_s = ∇ψ_t ℓ_t, and the T² head products a batched backward to
+    ψ would make are skipped. Against the ``torch.func`` strategies on the MLP at T = 11 and 40 it
+    saves the transforms' wrapping of every leaf and the pytree work (``benchmarks/RESULTS.md``).
+    ``None`` (the caller takes the ``torch.func`` path) for a representation that is not one tensor.
+    """
+    names = task_names(params)
+    shared = params["shared"].apply(_leaf)
+    tasks = params["tasks"].apply(_leaf)
+    with torch.enable_grad():
+        z = loss.encode(shared, batch)
+        if not isinstance(z, torch.Tensor):
+            return None
+        z_in = _leaf(z)
+        losses = loss.heads(tasks, z_in, batch)
+        check_losses(losses, names)
+        eye = torch.eye(len(names), dtype=losses.dtype, device=losses.device)
+        (Z,) = torch.autograd.grad(losses, z_in, eye, is_grads_batched=True, retain_graph=True)
+        head_leaves = list(tasks.values(True, True))
+        head_grads = torch.autograd.grad(losses.sum(), head_leaves, allow_unused=True) if head_leaves else ()
+    head_grads = [torch.zeros_like(x) if g is None else g for g, x in zip(head_grads, head_leaves, strict=True)]
+    heads = params["tasks"].empty(recurse=True).update(dict(zip(tasks.keys(True, True), head_grads, strict=True)))
+    grads = TaskGradients(losses.detach(), TensorDict({"z": Z}, [len(names)]), heads)
+    z_params = TensorDict({"shared": {"z": z.detach()}, "tasks": params["tasks"]}, [])
+    keys = list(shared.keys(True, True))
+    theta = list(shared.values(True, True))
+
+    def pullback(g_z: torch.Tensor) -> TensorDict:
+        # an encoder without parameters, or a z that does not depend on them: ∇θ = 0
+        g = torch.autograd.grad(z, theta, g_z, allow_unused=True) if theta and z.requires_grad else [None] * len(theta)
+        g = [torch.zeros_like(x) if d is None else d for d, x in zip(g, theta, strict=True)]
+        return params["shared"].empty(recurse=True).update(dict(zip(keys, g, strict=True)))
+
+    return grads, z_params, pullback
 
 
 def _heads_loss(heads: Heads) -> Callable[[TensorDict, Any], torch.Tensor]:

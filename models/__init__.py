@@ -33,7 +33,7 @@ from .dselect_k import dselect_k
 from .gnn import QM9_TASKS, qm9_gnn
 from .hps import hps
 from .ltb import ltb, ltb_temperature
-from .mlp import mlp_hps
+from .mlp import mlp_encode, mlp_hps
 from .mmoe import mmoe
 from .mtan import mtan
 from .office import office_resnet18
@@ -47,6 +47,7 @@ __all__ = [
     "update_buffers_per_task",
     "generator",
     "mlp_hps",
+    "mlp_encode",
     "qm9_gnn",
     "QM9_TASKS",
     "resnet",

@@ -11,7 +11,27 @@ from fmtl.heads import linear_heads
 
 from ._core import Model, SeedLike, generator, linear, linear_init, no_batch_norm, td
 
-__all__ = ["mlp_hps"]
+__all__ = ["mlp_hps", "mlp_encode"]
+
+
+def mlp_encode(
+    shared: TensorDict, x: torch.Tensor, activation: Callable[[torch.Tensor], torch.Tensor] = torch.relu
+) -> torch.Tensor:
+    """The encoder of :func:`mlp_hps` alone: z = σ(W_L … σ(W_1 x + b_1) … + b_L) from ``params["shared"]``.
+
+    The first stage of the model written in two stages (:class:`fmtl.TwoStageLoss`, representation
+    gradients); the heads are :func:`fmtl.heads.linear_heads` on z.
+
+    Example:
+        >>> import torch
+        >>> from fmtl.models import mlp_hps
+        >>> m = mlp_hps(3, hidden=(8, 6), tasks={"a": 1}, seed=0)
+        >>> mlp_encode(m.params["shared"], torch.randn(5, 3)).shape
+        torch.Size([5, 6])
+    """
+    for i in range(len(shared["layers"].keys()) if "layers" in shared.keys() else 0):
+        x = activation(linear(shared["layers", str(i)], x))
+    return x
 
 
 def mlp_hps(
@@ -56,13 +76,9 @@ def mlp_hps(
     layers = {str(i): linear_init(g, dims[i], dims[i + 1], dtype) for i in range(len(hidden))}
     heads = {t: linear_init(g, dims[-1], d, dtype) for t, d in tasks.items()}
     params = td({"shared": td({"layers": td(layers)}), "tasks": td(heads)})
-    n_layers = len(hidden)
     names = list(tasks)
 
     def forward(params: TensorDict, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        z = x
-        for i in range(n_layers):
-            z = activation(linear(params["shared", "layers", str(i)], z))
-        return linear_heads(params["tasks"], z, names)
+        return linear_heads(params["tasks"], mlp_encode(params["shared"], x, activation), names)
 
     return no_batch_norm(forward, params)

@@ -198,3 +198,15 @@ def test_auto_keys_two_stage_losses_by_what_they_hold():
     same = fmtl.TwoStageLoss(loss.encode, loss.heads)
     assert auto.cache_key(loss, params, batch) == auto.cache_key(same, params, batch)
     assert auto.cache_key(loss, params, batch) != auto.cache_key(other, params, batch)
+
+
+def test_an_encoder_without_parameters_gives_the_heads_their_gradients():
+    """θ empty (z a function of the batch alone): the eager path and the torch.func path agree."""
+    p = TensorDict({"shared": {}, "tasks": {"a": {"v": torch.tensor(3.0)}, "b": {"v": torch.tensor(5.0)}}}, [])
+    loss = fmtl.TwoStageLoss(lambda s, b: 2.0 * b,
+                             lambda t, z, b: torch.stack([(t["a", "v"] * z).sum(), (t["b", "v"] * z).square().sum()]))
+    b = fmtl.balancers.get("mgda")
+    eager, _ = _update(fmtl.make_step(loss, b, fmtl.optim.sgd(1.0), rep_grad=True), p, torch.ones(3))
+    func, _ = _update(fmtl.make_step(loss, b, fmtl.optim.sgd(1.0), rep_grad=True, strategy="jacrev"), p, torch.ones(3))
+    assert_trees_close(eager, func, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(eager["tasks", "a", "v"], torch.tensor(6.0))  # ∇v Σ_b v z_b = Σ_b z_b, ψ unweighted

@@ -24,6 +24,7 @@ from ..accumulate import Accumulator, gradient_form
 from ..amp import autocast
 from ..base import Balancer
 from ..data import num_batches
+from ..representation import TwoStageLoss
 from ..step import Step, StepState, make_step
 from ..task_gradients import LossFn
 from . import stl
@@ -183,7 +184,10 @@ def assemble(cfg: Mapping[str, Any], problem: Problem, world: World) -> Run:
     update = mean_buffers(trained.update_buffers, world)
     params = world.broadcast(trained.params.to(world.device))  # every rank starts from rank 0's θ, ψ_t
     buffers = trained.buffers.to(world.device) if trained.buffers is not None else ()
-    state = make_step(loss_fn, balancer, optimizer).init(params, buffers)
+    if cfg.get("rep_grad") and not isinstance(loss_fn, TwoStageLoss):
+        raise ValueError(f"--rep-grad: benchmark {problem.name!r} has no loss written as encoder and heads "
+                         "(fmtl.TwoStageLoss); synthetic and qm9's descriptor MLP have one")  # fmt: skip
+    state = make_step(loss_fn, balancer, optimizer, rep_grad=bool(cfg.get("rep_grad"))).init(params, buffers)
     return Run(trained, params, state, loss_fn, balancer, optimizer, update)
 
 
@@ -197,9 +201,18 @@ def build_steps(run: Run, cfg: Mapping[str, Any], strategy: str, world: World) -
     accumulator = Accumulator(run.loss_fn, strategy, cfg["chunk_size"], world.reduce) if K > 1 else None
     balancer = gradient_form(run.balancer) if accumulator is not None else run.balancer
 
+    rep_grad = bool(cfg.get("rep_grad"))
+    if rep_grad and world.reduce is not None:
+        raise ValueError(f"--rep-grad does not run on {world.size} processes yet (the ranks' representation "
+                         "Gramians would have to be summed; fmtl.representation says why)")  # fmt: skip
+
+    # with representation gradients the strategy is the heads' (θ's measured choice does not apply);
+    # "auto" runs them in plain autograd eagerly (fmtl.representation)
+    strategy = "auto" if rep_grad and cfg["strategy"] == "auto" else strategy
+
     def build(diagnostics: bool) -> Step:
         return make_step(run.loss_fn, balancer, run.optimizer, reduce=accumulator or world.reduce, strategy=strategy,
-                         chunk_size=cfg["chunk_size"], diagnostics=diagnostics,
+                         chunk_size=cfg["chunk_size"], diagnostics=diagnostics, rep_grad=rep_grad,
                          update_buffers=run.update_buffers)  # fmt: skip
 
     def compiled(step: Step) -> Callable:

@@ -85,6 +85,8 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
                    help=f"torch.compile(fullgraph=True) the step {_d('compile')}")
     g.add_argument("--strategy", choices=("auto", "jacrev", "vmap_grad", "loop"),
                    help=f"task-gradient strategy {_d('strategy')}")
+    g.add_argument("--rep-grad", action="store_true", default=None,
+                   help=f"representation gradients (MGDA-UB) for Gramian methods {_d('rep_grad')}")
     g.add_argument("--chunk-size", type=int, help=f"vmap chunk size of the task-gradient pass {_d('chunk_size')}")
     g.add_argument("--eval-batch-size", type=int, help=_d("eval_batch_size"))
     g.add_argument("--log-every", type=int, metavar="N",

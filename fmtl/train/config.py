@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "accumulate": 1,
     "compile": False,
     "strategy": "auto",
+    "rep_grad": False,
     "chunk_size": None,
     "eval_batch_size": None,
     "log_every": None,

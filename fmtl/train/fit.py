@@ -94,6 +94,7 @@ def check(cfg: Mapping[str, Any], problem: Problem | None = None) -> None:
         raise ValueError(f"amp must be one of {list(DTYPES)}; got {cfg['amp']!r}")
     validate.settings(cfg)
     validate.tables(cfg)
+    validate.rep_grad(cfg)
     if cfg["scheduler"] not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {cfg['scheduler']!r}; valid: {', '.join(SCHEDULERS)}")
     try:

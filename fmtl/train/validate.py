@@ -32,7 +32,8 @@ import pydantic
 from pydantic import ConfigDict, Field, TypeAdapter
 
 __all__ = ["Parser", "SETTINGS", "Positive", "NonNegative", "PositiveFloat", "NonNegativeFloat", "FiniteFloat",
-           "check_value", "layer", "settings", "opts", "tables", "OWN_CHECKS", "out_dir", "command"]  # fmt: skip
+           "check_value", "layer", "settings", "opts", "tables", "rep_grad", "OWN_CHECKS", "out_dir",
+           "command"]  # fmt: skip
 
 #: An integer >= 1 (sizes, counts), an integer >= 0, a finite float > 0, >= 0, any finite float.
 Positive = Annotated[int, Field(ge=1)]
@@ -55,6 +56,7 @@ SETTINGS: dict[str, Any] = {
     "amp": str,
     "accumulate": Positive,
     "compile": bool,
+    "rep_grad": bool,
     "strategy": Literal["auto", "jacrev", "vmap_grad", "loop"],
     "chunk_size": Positive | None,
     "eval_batch_size": Positive,
@@ -208,6 +210,47 @@ def _declared(options: Any, data: Mapping[str, Any]) -> Mapping[str, Mapping[str
 
 def _from_defaults(defaults: Mapping[str, Any]) -> dict[str, Any]:
     return {k: Any if v is None else (float if type(v) is float else type(v)) for k, v in defaults.items()}
+
+
+def rep_grad(cfg: Mapping[str, Any]) -> None:
+    """Checks that ``rep_grad = true`` goes with a method and settings that run on representation gradients.
+
+    The method must compute task gradients and keep no state shaped like θ
+    (:func:`fmtl.representation.check_support`: DB-MTL, MoCo and MetaBalance do); gradient
+    accumulation (a reduce hook the step does not support with representation gradients) and
+    ``amp`` (its autocast wrapper hides the loss's two stages) are refused. Whether the
+    benchmark's loss has two stages is known once it is built (:func:`fmtl.train.assemble.assemble`).
+
+    Example:
+        >>> rep_grad({"rep_grad": True, "method": "mgda", "opts": {}, "accumulate": 1, "amp": "none"})
+        >>> rep_grad({"rep_grad": True, "method": "dbmtl", "opts": {}, "accumulate": 1, "amp": "none"})
+        Traceback (most recent call last):
+        ...
+        ValueError: --rep-grad: DB-MTL does not run on representation gradients: ...
+    """
+    if not cfg.get("rep_grad"):
+        return
+    import torch
+    from tensordict import TensorDict
+
+    from .. import balancers
+    from ..representation import check_support
+
+    method = cfg["method"]
+    balancer = None if method == "stl" else balancers.get(method, **cfg["opts"])
+    if balancer is None or balancer.loss_weights is not None:
+        raise ValueError(f"--rep-grad: method {method!r} computes no task gradients (it weighs the losses), so "
+                         "representation gradients change nothing; use a gradient method (mgda, pcgrad, …)")
+    probe = TensorDict({"shared": {"w": torch.zeros(3)}, "tasks": {"a": {}, "b": {}}}, [])
+    try:
+        check_support(balancer, probe, 2)
+    except ValueError as e:
+        raise ValueError(f"--rep-grad: {str(e).removeprefix('rep_grad: ')}") from None
+    if int(cfg["accumulate"]) > 1:
+        raise ValueError("--rep-grad does not combine with --accumulate K > 1 (the accumulated task gradients "
+                         "are θ's; representation gradients have no accumulator)")  # fmt: skip
+    if cfg["amp"] != "none":
+        raise ValueError("--rep-grad does not combine with --amp (autocast hides the loss's encoder and heads)")
 
 
 #: A problem's ``options`` table given as this is not checked here: its builder checks it (one-line errors).

@@ -7,14 +7,19 @@ the test MSE. Used by the tests and for smoke checks.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ...losses import mse
+import torch
+from tensordict import TensorDict
+
+from ...heads import linear_heads
+from ...losses import make_loss_fn, mse
+from ...representation import TwoStageLoss
 from ..evaluate import regression
 from ..problem import SPLITS, Problem
 
-__all__ = ["build", "mlp_problem", "load_splits", "options"]
+__all__ = ["build", "mlp_problem", "load_splits", "options", "two_stage"]
 
 
 def load_splits(name: str, data: Mapping[str, Any]) -> dict:
@@ -38,7 +43,38 @@ def mlp_problem(name: str, cfg: Mapping[str, Any], splits: dict, in_dim: int) ->
     scale = getattr(train, "mae_scale", None)
     metrics = {t: regression(train.task_info[t].metrics, float(scale[i]) if scale is not None else 1.0,
                              train.task_info[t].unit) for i, t in enumerate(tasks)}  # fmt: skip
-    return Problem.from_model(model, splits, {t: mse for t in tasks}, metrics, name=name, input_key="x")
+    problem = Problem.from_model(model, splits, {t: mse for t in tasks}, metrics, name=name, input_key="x")
+    return problem._replace(loss_fn=two_stage(tasks, problem.targets))
+
+
+def two_stage(tasks: Sequence[str], targets: Mapping[str, Any]) -> TwoStageLoss:
+    """The MLP's MSE losses as encoder and heads (:class:`fmtl.TwoStageLoss`), for ``--rep-grad``.
+
+    ``encode`` is :func:`fmtl.models.mlp_encode` on ``batch["x"]``, ``heads`` the linear heads and
+    the per-task MSE: the same ℓ as the model's ``apply`` and :func:`fmtl.losses.make_loss_fn`.
+
+    Example:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from fmtl.models import mlp_hps
+        >>> m = mlp_hps(3, hidden=(4,), tasks={"a": 1, "b": 1}, seed=0)
+        >>> batch = TensorDict({"x": torch.randn(6, 3), "y": torch.randn(6, 2)}, [6])
+        >>> two_stage(("a", "b"), {"a": 0, "b": 1})(m.params, batch).shape
+        torch.Size([2])
+    """
+    from ...models import mlp_encode
+
+    names = list(tasks)
+    per_task = make_loss_fn(lambda p, _: linear_heads(p["tasks"], p["z"], names), dict.fromkeys(names, mse),
+                            targets=targets, input_key=None)  # fmt: skip
+
+    def encode(shared: TensorDict, batch: Any) -> torch.Tensor:
+        return mlp_encode(shared, batch["x"])
+
+    def heads(heads_params: TensorDict, z: torch.Tensor, batch: Any) -> torch.Tensor:
+        return per_task({"tasks": heads_params, "z": z}, batch)
+
+    return TwoStageLoss(encode, heads)
 
 
 def build(cfg: Mapping[str, Any]) -> Problem:
