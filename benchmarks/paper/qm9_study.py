@@ -55,6 +55,9 @@ SETTING_DEFAULTS = {"batch_size": 256, "epochs": 10, "optimizer": "adam", "lr": 
 #: (0.01, 0.03, 0.1, 0.3) all diverged within 250 steps for EW (the descriptor's outliers; see
 #: ``results/qm9_runs.json``'s failed runs in the driver log), hence the lower grid.
 SGD_LRS = (1e-4, 3e-4, 1e-3, 3e-3)
+#: Plain SGD on the clipped inputs (``--data clip=5``): the sweep of each method (seed 0).
+SGD_CLIP_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+CLIP = {"clip": 5.0}
 BETA_GRID = [(0.1, 0.0), (0.5, 0.0), (0.9, 0.0), (0.1, 0.5), (0.5, 0.5), (0.9, 0.5)]
 
 
@@ -167,30 +170,38 @@ def _dbmtl(beta: float, sigma: float, **extra: Any) -> dict:
     return {"beta": beta, "beta_sigma": sigma, **extra}
 
 
-def _method_rows(exp: Experiment, selected: tuple[float, float] | None, data: dict | None = None,
-                 settings: dict | None = None, seeds: Iterable[int] = SEEDS, ref: str = "default",
-                 constant_beta: bool = False, log_only: bool = True) -> None:
-    """EW, the log transform alone and DB-MTL at the selected β under one setting (and β = 0.9).
+def _method_specs(selected: tuple[float, float] | None, constant_beta: bool = False,
+                  log_only: bool = True) -> list[tuple[str, str, dict | None]]:
+    """(label, method, options) of EW, the log transform alone and DB-MTL at the selected β (and β = 0.9).
 
     The log-only row is the control for the gradient-magnitude half (DB-MTL = log only + EMA/max-norm):
     on the default job the two tie, so each setting asks whether the second half starts to matter.
     ``constant_beta`` adds DB-MTL at LibMTL's constant β = 0.9 (the input-scaling experiments: do the
-    descriptor's outliers make a constant β collapse?); those experiments leave the log-only row out
-    (``log_only=False``) to fit the session's CPU budget: their question is β, not the second half.
+    descriptor's outliers make a constant β collapse?); ``log_only=False`` leaves the log-only row out
+    (asinh scaling, to fit the session's CPU budget: its question is β, not the second half).
+    """
+    specs: list[tuple[str, str, dict | None]] = [("EW", "ew", None)]
+    if log_only:
+        specs.append(("log only", "dbmtl", {"normalize": False}))
+    if constant_beta:
+        specs.append(("DB-MTL β=0.9", "dbmtl", _dbmtl(0.9, 0.0)))
+    if selected is not None and selected != (0.9, 0.0):
+        specs.append((f"DB-MTL β={beta_label(*selected)}", "dbmtl", _dbmtl(*selected)))
+    return specs
+
+
+def _method_rows(exp: Experiment, selected: tuple[float, float] | None, data: dict | None = None,
+                 settings: dict | None = None, seeds: Iterable[int] = SEEDS, ref: str = "default",
+                 constant_beta: bool = False, log_only: bool = True) -> None:
+    """The rows of :func:`_method_specs` under one setting (data options and training settings).
 
     ``ref="default"``: Δp (and each run's epoch selection on validation Δp) against the default job's
     STL of the same seed, so that every setting is measured on one scale; the STL of the setting itself
     is a row of the ``stl_settings`` experiment (trained last: the STL ensemble is the slowest run here),
     and the tables add Δp against it where it exists.
     """
-    seeds = tuple(seeds)
-    exp.add("EW", "ew", None, data, settings, seeds, ref)
-    if log_only:
-        exp.add("log only", "dbmtl", {"normalize": False}, data, settings, seeds, ref)
-    if constant_beta:
-        exp.add("DB-MTL β=0.9", "dbmtl", _dbmtl(0.9, 0.0), data, settings, seeds, ref)
-    if selected is not None and selected != (0.9, 0.0):
-        exp.add(f"DB-MTL β={beta_label(*selected)}", "dbmtl", _dbmtl(*selected), data, settings, seeds, ref)
+    for label, method, opts in _method_specs(selected, constant_beta, log_only):
+        exp.add(label, method, opts, data, settings, tuple(seeds), ref)
 
 
 def experiments(selected: tuple[float, float] | None) -> dict[str, Experiment]:
@@ -238,7 +249,8 @@ def experiments(selected: tuple[float, float] | None) -> dict[str, Experiment]:
 
     settings_stl = []  # (label, data, settings) of every setting whose own STL is wanted
     e = new("scaling_clip", "Descriptor inputs standardized, then clipped to ±5σ (train statistics)")
-    _method_rows(e, selected, data={"clip": 5.0}, constant_beta=True, log_only=False)
+    # With the log-only row: the Adam side of the SGD comparison (``sgd_clip``), same inputs.
+    _method_rows(e, selected, data={"clip": 5.0}, constant_beta=True)
     settings_stl.append(("clip ±5σ", {"clip": 5.0}, None))
 
     e = new("scaling_asinh", "Descriptor inputs z = asinh((x − μ)/σ) (train statistics)")
@@ -261,6 +273,11 @@ def experiments(selected: tuple[float, float] | None) -> dict[str, Experiment]:
     for lr in SGD_LRS:
         e.add(f"EW SGD lr={lr:g}", "ew", settings={"optimizer": "sgd", "lr": lr}, seeds=(0,), ref="default")
 
+    e = new("sgd_clip_lr", "SGD (no momentum) on inputs clipped to ±5σ: each method's lr on validation Δp (seed 0)")
+    for label, method, opts in _method_specs(selected, constant_beta=True):
+        for lr in SGD_CLIP_LRS:
+            e.add(f"{label}, SGD lr={lr:g}", method, opts, CLIP, {"optimizer": "sgd", "lr": lr}, (0,), "default")
+
     e = new("epochs50", "50 epochs instead of 10")
     _method_rows(e, selected, settings={"epochs": 50})
     settings_stl.append(("50 epochs", None, {"epochs": 50}))
@@ -281,6 +298,26 @@ def sgd_experiment(lr: float, selected: tuple[float, float] | None) -> Experimen
     """
     e = Experiment("sgd", f"SGD without momentum (lr {lr:g}, chosen on EW's validation Δp) instead of Adam")
     _method_rows(e, selected, settings={"optimizer": "sgd", "lr": lr}, constant_beta=True)
+    return e
+
+
+def sgd_clip_experiment(runs: Path, selected: tuple[float, float] | None) -> Experiment | None:
+    """Each method of ``sgd_clip_lr`` at its own lr (best seed-0 validation Δp), 3 seeds; None until swept.
+
+    The Adam side is ``scaling_clip`` (same clipped inputs, same rows), so the two differ in the
+    optimizer only; plain SGD needs the clipped inputs here (on the raw descriptor every lr ≥ 3e-4
+    diverges, ``sgd_lr``). Each method gets its own lr because the log transform and DB-MTL's
+    max-norm rescaling change the gradient's scale, which Adam ignores and SGD does not.
+    """
+    sweep = experiments(selected)["sgd_clip_lr"]
+    e = Experiment("sgd_clip", "SGD without momentum on inputs clipped to ±5σ, each method at its lr "
+                   "(vs Adam: scaling_clip)")
+    for label, method, opts in _method_specs(selected, constant_beta=True):
+        rows = [rs for row_label, rs in sweep.rows if row_label.startswith(f"{label}, SGD lr=")]
+        lr = select_lr(runs, rows)
+        if lr is None:
+            return None
+        e.add(f"{label}, SGD lr={lr:g}", method, opts, CLIP, {"optimizer": "sgd", "lr": lr}, SEEDS, "default")
     return e
 
 
@@ -446,8 +483,13 @@ def select_beta(summary: dict) -> tuple[float, float] | None:
 
 def select_sgd_lr(runs: Path, exp: Experiment) -> float | None:
     """The SGD learning rate of the sweep with the best validation Δp (a diverged run counts as −∞)."""
+    return select_lr(runs, [rs for _, rs in exp.rows])
+
+
+def select_lr(runs: Path, rows: list[list[Run]]) -> float | None:
+    """The lr of the rows' first runs with the best validation Δp (diverged: −∞); None if unfinished."""
     scores = {}
-    for _, rs in exp.rows:
+    for rs in rows:
         run = rs[0]
         lr = dict(run.settings).get("lr", SETTING_DEFAULTS["lr"])  # the default lr is left out of names
         rec = record(runs, run)
@@ -502,6 +544,8 @@ def collect(runs: Path, selected_from: Path | None = None, prefix: str = "qm9") 
     lr = select_sgd_lr(runs, exps["sgd_lr"]) if "sgd_lr" in exps else None
     if lr is not None:
         exps["sgd"] = sgd_experiment(lr, selected)
+    if "sgd_clip_lr" in exps and (e := sgd_clip_experiment(runs, selected)) is not None:
+        exps["sgd_clip"] = e
     default_stl = {}
     for s in SEEDS:
         rec = record(runs, Run.make("stl", s))
@@ -559,6 +603,8 @@ def main(argv: list[str] | None = None) -> int:
     exps = experiments(selected)
     if "sgd_lr" in exps and (lr := select_sgd_lr(a.runs, exps["sgd_lr"])) is not None:
         exps["sgd"] = sgd_experiment(lr, selected)
+    if "sgd_clip_lr" in exps and (e := sgd_clip_experiment(a.runs, selected)) is not None:
+        exps["sgd_clip"] = e
     if a.command == "list":
         print(f"selected β: {beta_label(*selected) if selected else '(β grid not complete)'}")
         for e in exps.values():
@@ -573,7 +619,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in a.experiments if n not in exps]
     if unknown:
         raise SystemExit(f"unknown or not yet available experiments {unknown} (available: {list(exps)}); "
-                         "those after the β grid need the grid finished (and 'sgd' the sgd_lr sweep)")
+                         "those after the β grid need the grid finished ('sgd' the sgd_lr sweep, "
+                         "'sgd_clip' the sgd_clip_lr one)")
     seeds = {int(s) for s in a.seeds.split(",")} if a.seeds else None
     todo = [r for n in a.experiments for label, rs in exps[n].rows for r in rs
             if (seeds is None or r.seed in seeds) and (a.rows is None or a.rows in label)]
