@@ -42,6 +42,7 @@ class Problem:
     batch: object
     num_tasks: int
     two_stage: fmtl.TwoStageLoss | None = None  # the same losses as encoder + heads (rep_grad)
+    two_stage_axis: fmtl.TwoStageLoss | None = None  # the same again with task-axis heads (one backward for Z)
 
     def loss_fn(self, p: TensorDict, b) -> torch.Tensor:
         return torch.stack(self.task_losses(p, b))
@@ -49,7 +50,7 @@ class Problem:
     def to(self, device: torch.device) -> Problem:
         """The problem with its parameters and batch on ``device`` (the losses are pure functions)."""
         return Problem(self.name, self.params.to(device), self.task_losses, self.batch.to(device), self.num_tasks,
-                       self.two_stage)  # fmt: skip
+                       self.two_stage, self.two_stage_axis)  # fmt: skip
 
 
 def _regression(apply, num_tasks: int) -> Callable:
@@ -71,20 +72,24 @@ def mlp(num_tasks: int, batch: int = 128) -> Problem:
     heads = {f"t{t}": nn.Linear(512, 1) for t in range(num_tasks)}
     params, apply = fmtl.functionalize(encoder, heads)
     b = TensorDict({"x": torch.randn(batch, 64), "y": torch.randn(batch, num_tasks)}, [batch])
-    return Problem("mlp", params, _regression(apply, num_tasks), b, num_tasks, _two_stage(encoder))
+    return Problem("mlp", params, _regression(apply, num_tasks), b, num_tasks, *_two_stages(encoder))
 
 
-def _two_stage(encoder: nn.Module) -> fmtl.TwoStageLoss:
-    """The regression losses as ``encode`` (the encoder) and ``heads`` (linear heads, MSE)."""
+def _two_stages(encoder: nn.Module) -> tuple[fmtl.TwoStageLoss, fmtl.TwoStageLoss]:
+    """The regression losses as ``encode`` (the encoder) and ``heads`` (linear heads, MSE): the heads
+    concatenated over one z, and the same heads on one copy of z per task (``task_axis``)."""
 
     def encode(shared: TensorDict, b: TensorDict) -> torch.Tensor:
         return torch.func.functional_call(encoder, fmtl.params.flat_dict(shared), (b["x"],))
 
-    def heads(tasks: TensorDict, z: torch.Tensor, b: TensorDict) -> torch.Tensor:
-        out = fmtl.heads.linear_heads(tasks, z)
-        return torch.stack([(o.squeeze(-1) - b["y"][:, t]).pow(2).mean() for t, o in enumerate(out.values())])
+    def losses(task_axis: bool) -> Callable:
+        def heads(tasks: TensorDict, z: torch.Tensor, b: TensorDict) -> torch.Tensor:
+            out = fmtl.heads.linear_heads(tasks, z, task_axis=task_axis and z.dim() == 3)
+            return torch.stack([(o.squeeze(-1) - b["y"][:, t]).pow(2).mean() for t, o in enumerate(out.values())])
 
-    return fmtl.TwoStageLoss(encode, heads)
+        return heads
+
+    return fmtl.TwoStageLoss(encode, losses(False)), fmtl.TwoStageLoss(encode, losses(True), True)
 
 
 def mlp_per_head(num_tasks: int, batch: int = 128) -> Problem:
@@ -165,7 +170,7 @@ def qm9_mlp(num_tasks: int, batch: int = 256) -> Problem:
     encoder = nn.Sequential(nn.Linear(169, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU())
     params, apply = fmtl.functionalize(encoder, {f"t{t}": nn.Linear(256, 1) for t in range(num_tasks)})
     b = TensorDict({"x": torch.randn(batch, 169), "y": torch.randn(batch, num_tasks)}, [batch])
-    return Problem("qm9_mlp", params, _regression(apply, num_tasks), b, num_tasks, _two_stage(encoder))
+    return Problem("qm9_mlp", params, _regression(apply, num_tasks), b, num_tasks, *_two_stages(encoder))
 
 
 def tiny(num_tasks: int) -> Problem:
@@ -174,7 +179,7 @@ def tiny(num_tasks: int) -> Problem:
     encoder = nn.Sequential(nn.Linear(4, 8), nn.Tanh())
     params, apply = fmtl.functionalize(encoder, {f"t{t}": nn.Linear(8, 1) for t in range(num_tasks)})
     b = TensorDict({"x": torch.randn(16, 4), "y": torch.randn(16, num_tasks)}, [16])
-    return Problem("tiny", params, _regression(apply, num_tasks), b, num_tasks, _two_stage(encoder))
+    return Problem("tiny", params, _regression(apply, num_tasks), b, num_tasks, *_two_stages(encoder))
 
 
 def tiny_cnn(num_tasks: int) -> Problem:

@@ -13,7 +13,9 @@ norms, the combination).
 Representation gradients (models with a two-stage form: ``mlp``, ``qm9_mlp``, ``tiny``): for
 ``--rep-methods`` (default PCGrad, MGDA, CAGrad, UPGrad), ``<m> step, rep_grad`` (SGD) ÷ the EW
 step (SGD), next to ``<m> step`` with parameter gradients and ``<m> weighting`` (the method's
-T×T solve on the representation Gramian alone, which no choice of gradients avoids).
+T×T solve on the representation Gramian alone, which no choice of gradients avoids), and
+``<m> step, rep_grad, task axis``: the same losses with task-axis heads
+(``fmtl.TwoStageLoss(..., task_axis=True)``), Z from one backward of Σ_t ℓ_t.
 
     python benchmarks/step.py              # default table (a few minutes)
     python benchmarks/step.py --quick      # smoke run (seconds)
@@ -65,6 +67,9 @@ def _rep_steps(problem: common.Problem, methods: list[str]) -> tuple[dict, dict]
         for rep in (True, False):
             name = f"{m} step" + (", rep_grad" if rep else "")
             steps[name] = fmtl.make_step(two, b, fmtl.optim.sgd(1e-3), rep_grad=rep)
+        if problem.two_stage_axis is not None:  # Z in one backward of Σ_t ℓ_t (fmtl.heads, task_axis)
+            steps[f"{m} step, rep_grad, task axis"] = fmtl.make_step(problem.two_stage_axis, b, fmtl.optim.sgd(1e-3),
+                                                                     rep_grad=True)  # fmt: skip
         state = b.init(z_params, problem.num_tasks)
         # the balancer on the representation gradients alone (its Gramian and its T×T solve)
         weightings[f"{m} weighting"] = lambda b=b, state=state: b.update(grads, state, z_params)

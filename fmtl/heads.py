@@ -11,7 +11,9 @@ from tensordict import TensorDict
 __all__ = ["linear_heads"]
 
 
-def linear_heads(heads: TensorDict, z: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+def linear_heads(
+    heads: TensorDict, z: torch.Tensor, names: Sequence[str] | None = None, *, task_axis: bool = False
+) -> dict[str, torch.Tensor]:
     """Applies linear heads ``y_t = z W_tᵀ + b_t`` to one shared representation z in one product.
 
     .. math::
@@ -24,10 +26,18 @@ def linear_heads(heads: TensorDict, z: torch.Tensor, names: Sequence[str] | None
     product the T tasks' cotangents reach z through a single matmul (``jacrev`` on the QM9
     model's shape: 1.3× faster at T = 11, 2.2× at T = 40; ``benchmarks/RESULTS.md`` §6).
 
+    With ``task_axis=True`` z carries one copy per task, ``[T, ..., D]``, and head t reads z[t]
+    only: ``y_t = z[t] W_tᵀ + b_t``, head by head. The forward values are the same; what
+    changes is the backward: the gradient w.r.t. the [T, ..., D] copies *is* the T representation
+    gradients Z_t = ∇z ℓ_t, one backward of Σ_t ℓ_t at the cost of one head backward, where T
+    backwards through the concatenated heads cost T times that (each task's cotangent crosses
+    the whole [Σ O_t, D] matrix). :class:`fmtl.TwoStageLoss` ``(..., task_axis=True)`` uses it.
+
     Args:
         heads: ``{name: {"weight": [O_t, D], "bias": [O_t] (optional, all or none)}}``.
-        z: the shared representation, ``[..., D]``.
+        z: the shared representation, ``[..., D]`` (``[T, ..., D]`` with ``task_axis``).
         names: the task order (default: the keys of ``heads``).
+        task_axis: z has a leading axis of one row per task, in the order of ``names``.
 
     Returns:
         ``{name: Tensor[..., O_t]}`` in task order.
@@ -40,6 +50,10 @@ def linear_heads(heads: TensorDict, z: torch.Tensor, names: Sequence[str] | None
         >>> out = linear_heads(heads, torch.tensor([[1.0, 2.0, 3.0]]))
         >>> out["a"], out["b"]
         (tensor([[6.]]), tensor([[2., 3.]]))
+        >>> z = torch.tensor([[[1.0, 2.0, 3.0]], [[0.0, 0.0, 1.0]]])  # a per-task z: head b reads z[1]
+        >>> out = linear_heads(heads, z, task_axis=True)
+        >>> out["a"], out["b"]
+        (tensor([[6.]]), tensor([[1., 1.]]))
     """
     names = list(heads.keys()) if names is None else list(names)
     weights = [heads[n, "weight"] for n in names]
@@ -50,6 +64,8 @@ def linear_heads(heads: TensorDict, z: torch.Tensor, names: Sequence[str] | None
                 f"(a linear head's weight is [out, {z.shape[-1]}])"
             )
     has_bias = ["bias" in heads[n].keys() for n in names]
+    if task_axis:
+        return _per_task_heads(heads, z, names)
     if any(has_bias) and not all(has_bias):
         return {n: F.linear(z, heads[n, "weight"], heads[n].get("bias", None)) for n in names}
     weight = torch.cat(weights) if len(weights) > 1 else weights[0]
@@ -59,3 +75,17 @@ def linear_heads(heads: TensorDict, z: torch.Tensor, names: Sequence[str] | None
         bias = torch.cat(biases) if len(biases) > 1 else biases[0]
     out = F.linear(z, weight, bias)
     return dict(zip(names, out.split([w.shape[0] for w in weights], dim=-1), strict=True))
+
+
+def _per_task_heads(heads: TensorDict, z: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+    """``y_t = z[t] W_tᵀ + b_t``, head by head."""
+    if z.dim() < 2 or z.shape[0] != len(names):
+        raise ValueError(
+            f"linear_heads(task_axis=True): z of shape {tuple(z.shape)} needs a leading axis of {len(names)} "
+            "tasks, one copy of the representation per task"
+        )
+    # head by head: faster than one baddbmm over the task axis (a batched matrix-vector product
+    # for scalar heads: at T = 40, B = 128, D = 512 forward + backward 4.4 ms vs 8.3 ms, and an
+    # einsum 13.8 ms, one core); unbind, not z[t], so that the backward stacks once
+    return {n: F.linear(z_t, heads[n, "weight"], heads[n].get("bias", None))
+            for z_t, n in zip(z.unbind(0), names, strict=True)}

@@ -80,7 +80,7 @@ from typing import Any, NamedTuple
 
 import torch
 from tensordict import TensorDict
-from torch.func import vjp
+from torch.func import grad, vjp
 from torch.utils import _pytree as pytree
 
 from .balancers.dbmtl import DBMTLState
@@ -89,7 +89,7 @@ from .jacobian import _in_transform
 from .params import task_names
 from .task_gradients import check_losses, task_gradients
 
-__all__ = ["TwoStageLoss", "check_support", "representation_gradients"]
+__all__ = ["TwoStageLoss", "check_support", "check_task_axis", "per_task", "representation_gradients"]
 
 Encode = Callable[[TensorDict, Any], Any]
 Heads = Callable[[TensorDict, Any, Any], torch.Tensor]
@@ -105,6 +105,15 @@ class TwoStageLoss(NamedTuple):
     gradients (``make_step(loss, ...)``) or representation gradients
     (``make_step(loss, ..., rep_grad=True)``).
 
+    ``task_axis=True`` declares heads that also take z with a leading axis of one copy per task,
+    ``[T, *z.shape]``, and then compute ℓ_t from z[t] alone (:func:`fmtl.heads.linear_heads`
+    ``(..., task_axis=True)``), giving the same losses as on z itself. Called as a ``loss_fn`` the
+    heads still get z (parameter gradients are unchanged, to the bit); with ``rep_grad=True`` they
+    get the copies, and the representation gradients come from one backward of Σ_t ℓ_t to them (the
+    gradient of copy t is Z_t) instead of T backwards through all the heads: on the benchmark MLP
+    at T = 40, 6.4 ms instead of 11.0 for Z and ∇ψ_t ℓ_t (``benchmarks/RESULTS.md`` §10.9). A head
+    that reads another task's copy breaks the contract and gives wrong representation gradients.
+
     Example:
         >>> import torch, fmtl
         >>> from tensordict import TensorDict
@@ -119,13 +128,32 @@ class TwoStageLoss(NamedTuple):
         >>> batch = TensorDict({"x": torch.randn(16, 3), "y": torch.randn(16, 2)}, [16])
         >>> loss(params, batch).shape
         torch.Size([2])
+        >>> def heads_per_task(tasks, z, batch):  # z: [16, 8], or [T, 16, 8] (head t reads z[t])
+        ...     out = fmtl.heads.linear_heads(tasks, z, task_axis=z.dim() == 3)
+        ...     return torch.stack([(out[t].squeeze(-1) - batch["y"][:, i]).pow(2).mean() for i, t in enumerate(out)])
+        >>> z = encode(params["shared"], batch)
+        >>> torch.allclose(heads_per_task(params["tasks"], per_task(z, 2), batch), loss(params, batch))
+        True
     """
 
     encode: Encode
     heads: Heads
+    task_axis: bool = False
 
     def __call__(self, params: TensorDict, batch: Any) -> torch.Tensor:
         return self.heads(params["tasks"], self.encode(params["shared"], batch), batch)
+
+
+def per_task(z: Any, num_tasks: int) -> Any:
+    """z with a leading axis of ``num_tasks`` copies (an ``expand``: no memory is copied).
+
+    Example:
+        >>> per_task(torch.ones(2, 3), 4).shape
+        torch.Size([4, 2, 3])
+    """
+    if isinstance(z, TensorDict):
+        return z.expand(num_tasks, *z.batch_size)
+    return pytree.tree_map(lambda v: v.unsqueeze(0).expand(num_tasks, *v.shape), z)
 
 
 def _probe(params: TensorDict) -> TensorDict:
@@ -166,6 +194,23 @@ def check_support(balancer: Balancer, params: TensorDict, num_tasks: int) -> Non
         )
 
 
+def check_task_axis(loss: TwoStageLoss, strategy: str, chunk_size: int | None, max_memory: int | None) -> None:
+    """Raises ``ValueError`` for task-axis heads given a task-gradient strategy: they have none to choose.
+
+    Example:
+        >>> loss = TwoStageLoss(lambda s, b: b, lambda t, z, b: z.sum(-1), task_axis=True)
+        >>> check_task_axis(loss, "loop", None, None)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: rep_grad with task-axis heads (...) takes Z in one backward: strategy='loop', ...
+    """
+    if loss.task_axis and (strategy != "auto" or chunk_size is not None or max_memory is not None):
+        raise ValueError(
+            "rep_grad with task-axis heads (TwoStageLoss(..., task_axis=True)) takes Z in one backward: "
+            f"strategy={strategy!r}, chunk_size and max_memory do not apply (leave them unset)"
+        )
+
+
 def representation_gradients(
     loss: TwoStageLoss,
     params: TensorDict,
@@ -198,15 +243,19 @@ def representation_gradients(
         >>> grads.shared["z"], pullback(torch.tensor(1.0))["w"]  # ∇z ℓ = (3, 5); ∂z/∂w = b = 1
         (tensor([3., 5.]), tensor(1.))
     """
+    check_task_axis(loss, strategy, chunk_size, max_memory)
     if strategy == "auto" and chunk_size is None and max_memory is None and not _in_transform():
         fast = _autograd_representation(loss, params, batch)
         if fast is not None:
             return fast
     z, pullback = vjp(lambda shared: loss.encode(shared, batch), params["shared"])
     z_params = TensorDict({"shared": {"z": z}, "tasks": params["tasks"]}, [])
-    grads = task_gradients(
-        _heads_loss(loss.heads), z_params, batch, strategy=strategy, chunk_size=chunk_size, max_memory=max_memory
-    )
+    if loss.task_axis:
+        grads = _task_axis_gradients(loss, z_params, batch)
+    else:
+        grads = task_gradients(
+            _heads_loss(loss.heads), z_params, batch, strategy=strategy, chunk_size=chunk_size, max_memory=max_memory
+        )
     # the balancer's output for z drops a TensorDict z's batch size; the pullback wants z's own structure
     spec = pytree.tree_structure(z)
     return grads, z_params, lambda g_z: pullback(pytree.tree_unflatten(pytree.tree_leaves(g_z), spec))[0]
@@ -237,13 +286,22 @@ def _autograd_representation(
         z = loss.encode(shared, batch)
         if not isinstance(z, torch.Tensor):
             return None
-        z_in = _leaf(z)
-        losses = loss.heads(tasks, z_in, batch)
-        check_losses(losses, names)
-        eye = torch.eye(len(names), dtype=losses.dtype, device=losses.device)
-        (Z,) = torch.autograd.grad(losses, z_in, eye, is_grads_batched=True, retain_graph=True)
         head_leaves = list(tasks.values(True, True))
-        head_grads = torch.autograd.grad(losses.sum(), head_leaves, allow_unused=True) if head_leaves else ()
+        if loss.task_axis:
+            # one backward of Σ_t ℓ_t: copy t of z receives ∇z ℓ_t, head t ∇ψ_t ℓ_t
+            z_in = _leaf(per_task(z.detach(), len(names)))
+            losses = loss.heads(tasks, z_in, batch)
+            check_losses(losses, names)
+            Z, *head_grads = torch.autograd.grad(losses.sum(), [z_in, *head_leaves], allow_unused=True)
+            if Z is None:  # no head reads z
+                Z = torch.zeros_like(z_in)
+        else:
+            z_in = _leaf(z)
+            losses = loss.heads(tasks, z_in, batch)
+            check_losses(losses, names)
+            eye = torch.eye(len(names), dtype=losses.dtype, device=losses.device)
+            (Z,) = torch.autograd.grad(losses, z_in, eye, is_grads_batched=True, retain_graph=True)
+            head_grads = torch.autograd.grad(losses.sum(), head_leaves, allow_unused=True) if head_leaves else ()
     head_grads = [torch.zeros_like(x) if g is None else g for g, x in zip(head_grads, head_leaves, strict=True)]
     heads = params["tasks"].empty(recurse=True).update(dict(zip(tasks.keys(True, True), head_grads, strict=True)))
     grads = TaskGradients(losses.detach(), TensorDict({"z": Z}, [len(names)]), heads)
@@ -258,6 +316,20 @@ def _autograd_representation(
         return params["shared"].empty(recurse=True).update(dict(zip(keys, g, strict=True)))
 
     return grads, z_params, pullback
+
+
+def _task_axis_gradients(loss: TwoStageLoss, z_params: TensorDict, batch: Any) -> TaskGradients:
+    """Z and ∇ψ_t ℓ_t of task-axis heads under ``torch.func``: one ``grad`` of Σ_t ℓ_t (compilable)."""
+    names = task_names(z_params)
+    z = z_params["shared", "z"]
+
+    def summed(z_t: Any, tasks: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
+        losses = loss.heads(tasks, z_t, batch)
+        return losses.sum(), losses
+
+    (Z, heads), losses = grad(summed, argnums=(0, 1), has_aux=True)(per_task(z, len(names)), z_params["tasks"])
+    check_losses(losses, names)
+    return TaskGradients(losses, TensorDict({"z": Z}, [len(names)]), heads)
 
 
 def _heads_loss(heads: Heads) -> Callable[[TensorDict, Any], torch.Tensor]:

@@ -14,7 +14,7 @@ from . import rng
 from .base import Balancer, TaskGradients
 from .optim import Optimizer, require_functional
 from .params import check_params, task_names
-from .representation import TwoStageLoss, check_support, representation_gradients
+from .representation import TwoStageLoss, check_support, check_task_axis, representation_gradients
 from .task_gradients import LossFn, checked_loss, task_gradients
 from .tree import gramian, leaves, row_norms
 
@@ -229,6 +229,7 @@ def make_step(
             )
         if reduce is not None:
             raise ValueError("rep_grad=True does not support a reduce hook (fmtl.representation says why)")
+        check_task_axis(loss_fn, strategy, chunk_size, max_memory)
 
     layouts: dict = {}
 

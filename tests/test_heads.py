@@ -39,6 +39,44 @@ def test_linear_heads_equal_heads_applied_one_by_one(widths, bias, lead):
         torch.testing.assert_close(got[k], want[k], rtol=1e-12, atol=1e-12)
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    widths=st.lists(st.integers(1, 3), min_size=1, max_size=5),
+    uniform=st.booleans(),
+    bias=st.sampled_from(["all", "none", "mixed"]),
+    lead=st.sampled_from([(5,), (2, 3)]),
+)
+def test_task_axis_heads_read_their_own_copy_of_z(widths, uniform, bias, lead):
+    """task_axis: y_t = z[t] W_tᵀ + b_t, and the
+    gradient w.r.t. the copies of z is, copy by copy, ∇z of that task's output alone."""
+    widths = [widths[0]] * len(widths) if uniform else widths
+    g = torch.Generator().manual_seed(sum(widths))
+    heads = {}
+    for i, o in enumerate(widths):
+        h = {"weight": torch.randn(o, 4, generator=g, dtype=torch.float64)}
+        if bias == "all" or (bias == "mixed" and i % 2 == 0):
+            h["bias"] = torch.randn(o, generator=g, dtype=torch.float64)
+        heads[f"t{i}"] = h
+    heads = TensorDict(heads, [])
+    z = torch.randn(len(widths), *lead, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    got = linear_heads(heads, z, task_axis=True)
+    one = {k: _one_by_one(heads, z[t])[k] for t, k in enumerate(heads.keys())}
+    assert list(got) == list(one)
+    for k in one:
+        torch.testing.assert_close(got[k], one[k], rtol=1e-12, atol=1e-12)
+    cot = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in got.items()}
+    (dz,) = torch.autograd.grad(sum((got[k] * cot[k]).sum() for k in got), z)
+    for t, k in enumerate(got):
+        (want,) = torch.autograd.grad((one[k] * cot[k]).sum(), z)
+        torch.testing.assert_close(dz[t], want[t], rtol=1e-12, atol=1e-12)
+
+
+def test_task_axis_heads_need_one_copy_per_task():
+    heads = TensorDict({"a": {"weight": torch.ones(1, 3)}, "b": {"weight": torch.ones(1, 3)}}, [])
+    with pytest.raises(ValueError, match="needs a leading axis of 2 tasks"):
+        linear_heads(heads, torch.ones(5, 3), task_axis=True)
+
+
 def test_a_head_of_the_wrong_input_size_is_named():
     heads = TensorDict({"a": {"weight": torch.ones(1, 3)}, "b": {"weight": torch.ones(2, 4)}}, [])
     with pytest.raises(ValueError, match="head 'b': weight of shape \\(2, 4\\) does not take features of size 3"):

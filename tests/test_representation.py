@@ -11,24 +11,29 @@ import fmtl
 from fmtl import strategy as auto
 from fmtl.balancers.mgda import mgda_weights
 from fmtl.params import flat_dict
-from fmtl.representation import check_support
+from fmtl.representation import _task_axis_gradients, check_support, representation_gradients
 
 THETA_SHAPED = {"dbmtl", "moco", "metabalance"}
 GRAMIAN = ("mgda", "pcgrad", "cagrad", "upgrad", "imtl_g", "aligned_mtl", "nash_mtl", "gradvac", "gradnorm", "imtl")
 
 
-def _problem(num_tasks: int = 3, dtype=torch.float64, seed: int = 0, batch: int = 8):
-    """Encoder Linear-Tanh-Linear, linear heads, losses of different kinds and scales, as a TwoStageLoss."""
+def _problem(num_tasks: int = 3, dtype=torch.float64, seed: int = 0, batch: int = 8, task_axis: bool = False,
+             uniform: bool = False):
+    """Encoder Linear-Tanh-Linear, linear heads, losses of different kinds and scales, as a TwoStageLoss.
+
+    ``task_axis``: the heads take one copy of z per task (``linear_heads(..., task_axis=True)``);
+    ``uniform``: every head has width 2.
+    """
     torch.manual_seed(seed)
     encoder = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 5)).to(dtype)
-    heads = {f"t{t}": torch.nn.Linear(5, 1 + t % 2).to(dtype) for t in range(num_tasks)}
+    heads = {f"t{t}": torch.nn.Linear(5, 2 if uniform else 1 + t % 2).to(dtype) for t in range(num_tasks)}
     params, _ = fmtl.functionalize(encoder, heads)
 
     def encode(shared: TensorDict, b: TensorDict) -> torch.Tensor:
         return torch.func.functional_call(encoder, flat_dict(shared), (b["x"],))
 
     def head_losses(tasks: TensorDict, z: torch.Tensor, b: TensorDict) -> torch.Tensor:
-        out = fmtl.heads.linear_heads(tasks, torch.tanh(z))
+        out = fmtl.heads.linear_heads(tasks, torch.tanh(z), task_axis=task_axis and z.dim() == 3)
         losses = []
         for t, k in enumerate(out):
             err = out[k] - b["y"][:, t, : out[k].shape[-1]] * 10.0**t
@@ -38,7 +43,11 @@ def _problem(num_tasks: int = 3, dtype=torch.float64, seed: int = 0, batch: int 
     gen = torch.Generator().manual_seed(seed + 1)
     b = TensorDict({"x": torch.randn(batch, 4, generator=gen, dtype=dtype),
                     "y": torch.randn(batch, num_tasks, 2, generator=gen, dtype=dtype)}, [batch])  # fmt: skip
-    return params, fmtl.TwoStageLoss(encode, head_losses), b
+    return params, fmtl.TwoStageLoss(encode, head_losses, task_axis), b
+
+
+#: the heads of _problem: concatenated, per task (widths 1 and 2), per task (width 2 each)
+HEADS = [{}, {"task_axis": True}, {"task_axis": True, "uniform": True}]
 
 
 def _reference(loss: fmtl.TwoStageLoss, balancer: fmtl.Balancer, params: TensorDict, batch: TensorDict):
@@ -47,7 +56,9 @@ def _reference(loss: fmtl.TwoStageLoss, balancer: fmtl.Balancer, params: TensorD
     shared = list(leaves["shared"].values(True, True))
     z = loss.encode(leaves["shared"], batch)
     z_leaf = z.detach().requires_grad_()
-    losses = loss.heads(leaves["tasks"], z_leaf, batch)
+    # task-axis heads get the copies (what rep_grad feeds them): ∇z sums the copies' gradients
+    z_in = fmtl.representation.per_task(z_leaf, len(leaves["tasks"].keys())) if loss.task_axis else z_leaf
+    losses = loss.heads(leaves["tasks"], z_in, batch)
     names = list(leaves["tasks"].keys())
     rows, heads = [], {}
     for t, n in enumerate(names):
@@ -91,9 +102,10 @@ def test_the_supported_methods_are_derived_from_their_state():
     assert supported >= {*GRAMIAN, "graddrop"}
 
 
+@pytest.mark.parametrize("heads", HEADS, ids=["concatenated", "task_axis", "task_axis_width2"])
 @pytest.mark.parametrize("name", _supported())
-def test_rep_grad_step_matches_the_autograd_reference(name):
-    params, loss, batch = _problem()
+def test_rep_grad_step_matches_the_autograd_reference(name, heads):
+    params, loss, batch = _problem(**heads)
     balancer = fmtl.balancers.get(name)
     step = fmtl.make_step(loss, balancer, fmtl.optim.sgd(1.0), rep_grad=True)
     g, info = _update(step, params, batch)
@@ -142,14 +154,41 @@ def test_every_strategy_gives_the_same_rep_grad_step(strategy):
     assert_trees_close(got, ref, rtol=1e-10, atol=1e-12)
 
 
-def test_compiled_rep_grad_step_matches_eager():
-    params, loss, batch = _problem(dtype=torch.float32)
+@pytest.mark.parametrize("task_axis", [False, True])
+def test_compiled_rep_grad_step_matches_eager(task_axis):
+    params, loss, batch = _problem(dtype=torch.float32, task_axis=task_axis, uniform=task_axis)
     step = fmtl.make_step(loss, fmtl.balancers.get("pcgrad"), fmtl.optim.adam(1e-2), rep_grad=True)
     state = step.init(params)
     eager = step(params, state, batch)
     compiled = torch.compile(lambda p, s, b: step(p, s, b), fullgraph=True)(params, state, batch)
     assert_trees_close(compiled[0], eager[0], rtol=1e-5, atol=1e-6)
     assert bool(compiled[2]["ok"])
+
+
+@pytest.mark.parametrize("uniform", [False, True])
+def test_task_axis_heads_give_the_same_step_as_concatenated_heads(uniform):
+    """The same losses written both ways: the one-backward Z (eager and under torch.func) is the T-backward Z."""
+    params, plain, batch = _problem(uniform=uniform)
+    _, per_task, _ = _problem(task_axis=True, uniform=uniform)
+    torch.testing.assert_close(per_task(params, batch), plain(params, batch), rtol=1e-14, atol=0)
+    b = fmtl.balancers.get("upgrad")
+    ref, _ = _update(fmtl.make_step(plain, b, fmtl.optim.sgd(1.0), rep_grad=True), params, batch)
+    got, _ = _update(fmtl.make_step(per_task, b, fmtl.optim.sgd(1.0), rep_grad=True), params, batch)
+    assert_trees_close(got, ref, rtol=1e-10, atol=1e-12)
+    eager, _, _ = representation_gradients(per_task, params, batch)
+    func = _task_axis_gradients(per_task, TensorDict({"shared": {"z": plain.encode(params["shared"], batch)},
+                                                      "tasks": params["tasks"]}, []), batch)
+    assert_trees_close(func.shared, eager.shared, rtol=1e-12, atol=1e-14)
+    assert_trees_close(func.tasks, eager.tasks, rtol=1e-12, atol=1e-14)
+
+
+def test_task_axis_heads_refuse_a_strategy():
+    _, loss, _ = _problem(task_axis=True)
+    with pytest.raises(ValueError, match="task-axis heads .* strategy='loop'"):
+        fmtl.make_step(loss, fmtl.balancers.get("mgda"), fmtl.optim.sgd(1.0), rep_grad=True, strategy="loop")
+    with pytest.raises(ValueError, match="task-axis heads .* chunk_size"):
+        fmtl.make_step(loss, fmtl.balancers.get("mgda"), fmtl.optim.sgd(1.0), rep_grad=True, chunk_size=2)
+    fmtl.make_step(loss, fmtl.balancers.get("mgda"), fmtl.optim.sgd(1.0), strategy="loop")  # θ-gradients: fine
 
 
 def test_a_representation_given_as_a_tensordict():

@@ -55,6 +55,8 @@ def test_train_rep_grad_through_the_console_script(tmp_path):
         (["--method", "stl"], "--rep-grad: method 'stl' computes no task gradients"),
         (["--method", "mgda", "--accumulate", "2"], "--rep-grad does not combine with --accumulate"),
         (["--method", "mgda", "--amp", "bf16"], "--rep-grad does not combine with --amp"),
+        # the synthetic MLP's heads are task-axis heads: Z in one backward, no strategy to choose
+        (["--method", "mgda", "--strategy", "loop"], "rep_grad with task-axis heads"),
     ],
 )
 def test_settings_that_do_not_run_on_representation_gradients_are_refused(tmp_path, capsys, extra, message):

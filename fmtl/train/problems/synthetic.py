@@ -51,7 +51,8 @@ def two_stage(tasks: Sequence[str], targets: Mapping[str, Any]) -> TwoStageLoss:
     """The MLP's MSE losses as encoder and heads (:class:`fmtl.TwoStageLoss`), for ``--rep-grad``.
 
     ``encode`` is :func:`fmtl.models.mlp_encode` on ``batch["x"]``, ``heads`` the linear heads and
-    the per-task MSE: the same ℓ as the model's ``apply`` and :func:`fmtl.losses.make_loss_fn`.
+    the per-task MSE: the same ℓ as the model's ``apply`` and :func:`fmtl.losses.make_loss_fn`. The heads
+    are task-axis heads, so ``--rep-grad`` takes Z in one backward (:class:`fmtl.TwoStageLoss`).
 
     Example:
         >>> import torch
@@ -65,8 +66,10 @@ def two_stage(tasks: Sequence[str], targets: Mapping[str, Any]) -> TwoStageLoss:
     from ...models import mlp_encode
 
     names = list(tasks)
-    per_task = make_loss_fn(lambda p, _: linear_heads(p["tasks"], p["z"], names), dict.fromkeys(names, mse),
-                            targets=targets, input_key=None)  # fmt: skip
+    # task-axis heads (fmtl.TwoStageLoss): on z itself the heads are one product, as in the model's
+    # apply; on the per-task copies that rep_grad feeds them, head by head
+    per_task = make_loss_fn(lambda p, _: linear_heads(p["tasks"], p["z"], names, task_axis=p["z"].dim() == 3),
+                            dict.fromkeys(names, mse), targets=targets, input_key=None)  # fmt: skip
 
     def encode(shared: TensorDict, batch: Any) -> torch.Tensor:
         return mlp_encode(shared, batch["x"])
@@ -74,7 +77,7 @@ def two_stage(tasks: Sequence[str], targets: Mapping[str, Any]) -> TwoStageLoss:
     def heads(heads_params: TensorDict, z: torch.Tensor, batch: Any) -> torch.Tensor:
         return per_task({"tasks": heads_params, "z": z}, batch)
 
-    return TwoStageLoss(encode, heads)
+    return TwoStageLoss(encode, heads, task_axis=True)
 
 
 def build(cfg: Mapping[str, Any]) -> Problem:
