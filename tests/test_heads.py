@@ -17,6 +17,17 @@ def _one_by_one(heads: TensorDict, z: torch.Tensor) -> dict[str, torch.Tensor]:
     return {k: nn.functional.linear(z, heads[k, "weight"], heads[k].get("bias", None)) for k in heads.keys()}
 
 
+def _random_heads(widths: list[int], bias: str, dim: int, g: torch.Generator) -> TensorDict:
+    """Heads of the given widths on ``dim`` features; biases on all, none or every other head."""
+    heads = {}
+    for i, o in enumerate(widths):
+        h = {"weight": torch.randn(o, dim, generator=g, dtype=torch.float64)}
+        if bias == "all" or (bias == "mixed" and i % 2 == 0):
+            h["bias"] = torch.randn(o, generator=g, dtype=torch.float64)
+        heads[f"t{i}"] = h
+    return TensorDict(heads, [])
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     widths=st.lists(st.integers(1, 4), min_size=1, max_size=6),
@@ -25,13 +36,7 @@ def _one_by_one(heads: TensorDict, z: torch.Tensor) -> dict[str, torch.Tensor]:
 )
 def test_linear_heads_equal_heads_applied_one_by_one(widths, bias, lead):
     g = torch.Generator().manual_seed(len(widths))
-    heads = {}
-    for i, o in enumerate(widths):
-        h = {"weight": torch.randn(o, 7, generator=g, dtype=torch.float64)}
-        if bias == "all" or (bias == "mixed" and i % 2 == 0):
-            h["bias"] = torch.randn(o, generator=g, dtype=torch.float64)
-        heads[f"t{i}"] = h
-    heads = TensorDict(heads, [])
+    heads = _random_heads(widths, bias, 7, g)
     z = torch.randn(*lead, 7, generator=g, dtype=torch.float64)
     got, want = linear_heads(heads, z), _one_by_one(heads, z)
     assert list(got) == list(want)
@@ -47,17 +52,11 @@ def test_linear_heads_equal_heads_applied_one_by_one(widths, bias, lead):
     lead=st.sampled_from([(5,), (2, 3)]),
 )
 def test_task_axis_heads_read_their_own_copy_of_z(widths, uniform, bias, lead):
-    """task_axis: y_t = z[t] W_tᵀ + b_t, and the
-    gradient w.r.t. the copies of z is, copy by copy, ∇z of that task's output alone."""
+    """task_axis: y_t = z[t] W_tᵀ + b_t, and the gradient w.r.t. the copies of z is, copy by copy,
+    ∇z of that task's output alone."""
     widths = [widths[0]] * len(widths) if uniform else widths
     g = torch.Generator().manual_seed(sum(widths))
-    heads = {}
-    for i, o in enumerate(widths):
-        h = {"weight": torch.randn(o, 4, generator=g, dtype=torch.float64)}
-        if bias == "all" or (bias == "mixed" and i % 2 == 0):
-            h["bias"] = torch.randn(o, generator=g, dtype=torch.float64)
-        heads[f"t{i}"] = h
-    heads = TensorDict(heads, [])
+    heads = _random_heads(widths, bias, 4, g)
     z = torch.randn(len(widths), *lead, 4, generator=g, dtype=torch.float64, requires_grad=True)
     got = linear_heads(heads, z, task_axis=True)
     one = {k: _one_by_one(heads, z[t])[k] for t, k in enumerate(heads.keys())}
