@@ -24,7 +24,6 @@ import sys
 from pathlib import Path
 
 import torch
-from tensordict import TensorDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -32,13 +31,14 @@ import common  # noqa: E402
 
 import fmtl  # noqa: E402
 from fmtl import step as fmtl_step  # noqa: E402
-from fmtl.balancers._common import log_transform  # noqa: E402
+from fmtl.balancers._common import log_scale, scale_heads  # noqa: E402
 from fmtl.balancers.dbmtl import alpha_scale, ema_carry, ema_rows, ema_sq_norms  # noqa: E402
-from fmtl.tree import combine, row_norms  # noqa: E402
+from fmtl.params import task_names  # noqa: E402
+from fmtl.tree import combine, leaves_at, row_norms, with_leaves  # noqa: E402
 
 
 def parts(problem: common.Problem, rounds: int, clock) -> dict[str, float]:
-    params, batch, loss_fn, T = problem.params, problem.batch, problem.loss_fn, problem.num_tasks
+    params, batch, loss_fn = problem.params, problem.batch, problem.loss_fn
     db, opt = fmtl.balancers.get("dbmtl"), fmtl.optim.sgd(1e-3)
     step = fmtl.make_step(loss_fn, db, opt, strategy="jacrev")
     state = step.init(params)
@@ -59,11 +59,11 @@ def parts(problem: common.Problem, rounds: int, clock) -> dict[str, float]:
         t = tick("task_gradients", t)
         norms = row_norms(g.shared)
         t = tick("‖J_t‖ (grad_norms, guard)", t)
-        bool(torch.isfinite(g.losses).all() & torch.isfinite(norms).all()) and bool(fmtl_step._all_finite(g.tasks))
+        bool(torch.isfinite(g.losses).all() & torch.isfinite(norms).all() & fmtl_step._probably_finite(g.tasks))
         t = tick("finiteness guard", t)
         b = state.balancer
         count = b.count + 1
-        log_transform(fmtl.TaskGradients(g.losses, TensorDict({}, [T]), g.tasks), params, 1e-8)
+        scale_heads(log_scale(g.losses, params, 1e-8), g.tasks, task_names(params))
         t = tick("update: heads' log transform", t)
         carry, scale = ema_carry(b.scale, g.losses, count, 0.9, 0.0, 1e-8)
         rows = b.rows.apply(lambda u, j, c=carry: ema_rows(u, j, c), g.shared)
@@ -76,9 +76,10 @@ def parts(problem: common.Problem, rounds: int, clock) -> dict[str, float]:
         t = tick("balancer update (whole)", t)
         u, _ = opt.update(update, state.optimizer, params)
         t = tick("optimizer (SGD)", t)
-        params.apply(torch.add, u)
+        keys = list(params.keys(True, True))
+        with_leaves(params, torch._foreach_add(leaves_at(params, keys), leaves_at(u, keys)))
         t = tick("params + updates", t)
-        bool(torch.isfinite(g.losses).all() & fmtl_step._all_finite(u))
+        bool(torch.isfinite(g.losses).all() & fmtl_step._probably_finite(u))
         t = tick("final finiteness check", t)
         step(params, state, batch)
         t = tick("whole step", t)

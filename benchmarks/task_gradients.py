@@ -49,9 +49,10 @@ def run_one(model: str, T: int, args) -> list[dict]:
         fns["loop baseline, heads one by one"] = lambda: common.loop_task_gradients(per_head, per_head_leaves)
     for s in args.strategies:
         fns[s] = tg(s)
-    for c in args.chunks:
-        if c < T:
-            fns[f"jacrev chunk={c}"] = tg("jacrev", c)
+    for s in args.chunk_strategies:
+        for c in args.chunks:
+            if c < T:
+                fns[f"{s} chunk={c}"] = tg(s, c)
     chosen = auto.choose_strategy(loss_fn, params, batch) if args.auto else None
     if args.auto:
         fns["auto"] = tg("auto")
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tasks", default="2,3,11,40")
     p.add_argument("--compiled", default="jacrev", help="strategies to also run under torch.compile")
     p.add_argument("--compile-tasks", default="11,40")
-    p.add_argument("--chunks", default="", help="extra eager rows: jacrev with these chunk sizes")
+    p.add_argument("--chunks", default="", help="extra eager rows: --chunk-strategies with these chunk sizes")
+    p.add_argument("--chunk-strategies", default="jacrev", help="the strategies of the --chunks rows")
     p.add_argument("--strategies", default=",".join(STRATEGIES), help="eager strategies to time")
     p.add_argument("--no-auto", dest="auto", action="store_false")
     p.add_argument("--uncapped", action="store_true", help="run the GNN and ResNet at T > 11 too")
@@ -113,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     args.strategies = [s for s in args.strategies.split(",") if s]
     args.compile_tasks = [int(t) for t in args.compile_tasks.split(",") if t]
     args.chunks = [int(c) for c in args.chunks.split(",") if c]
+    args.chunk_strategies = [s for s in args.chunk_strategies.split(",") if s]
     results = {"machine": common.machine(args.device), "rows": []}
     name = Path(__file__).stem + ("" if args.malloc == "default" else "_malloc_tuned")
     for model in args.models.split(","):

@@ -131,6 +131,11 @@ def _jacrev(f: Callable, params: TensorDict, T: int, chunk_size: int | None):
     losses, pullback = vjp(f, params)
     eye = torch.eye(T, dtype=losses.dtype, device=losses.device)
     if chunk_size is not None and chunk_size < T and not _in_transform():
+        if chunk_size == 1:
+            # One task at a time needs no vmap, and vmap's batched backward costs memory the plain
+            # one does not: on the CNN at T = 40 the batched conv backward of a one-row chunk
+            # peaks at 89 MiB, the plain pullback at 81 (the loop: 79; benchmarks/RESULTS.md §10.8).
+            return losses, _chunked(lambda e: pullback(e[0])[0].apply(lambda v: v.unsqueeze(0)), eye, 1)
         return losses, _chunked(lambda e: vmap(pullback)(e)[0], eye, chunk_size)
     (J,) = vmap(pullback, chunk_size=chunk_size)(eye)
     return losses, J

@@ -16,7 +16,7 @@ from .optim import Optimizer, require_functional
 from .params import check_params, task_names
 from .representation import TwoStageLoss, check_support, check_task_axis, representation_gradients
 from .task_gradients import LossFn, checked_loss, task_gradients
-from .tree import gramian, leaves, row_norms
+from .tree import gramian, leaves, leaves_at, row_norms, with_leaves
 
 __all__ = ["StepState", "Step", "make_step", "Reduce", "BufferUpdate"]
 
@@ -131,6 +131,22 @@ def _all_finite(td: TensorDict) -> torch.Tensor:
     # but finite entries.
     ends = [torch.stack(torch.aminmax(v)) for v in leaves(td) if v.numel()]
     return torch.isfinite(torch.cat(ends)).all() if ends else torch.ones((), dtype=torch.bool)
+
+
+def _probably_finite(td: TensorDict) -> torch.Tensor:
+    """0-d bool: every leaf's ‖v‖₂ is finite — true if ``td`` is finite, unless a norm overflows.
+
+    The eager fast path of :func:`_all_finite`: one multi-tensor norm call instead of an
+    ``aminmax`` and a ``stack`` per leaf (a third of the time on an MLP's 28 leaves). A NaN or
+    ±inf entry always makes its norm non-finite; huge but finite entries (≳ 1e19 in float32) can
+    overflow it too, so a ``False`` is only a reason to look again with :func:`_all_finite`.
+    """
+    vs = [v for v in leaves(td) if v.numel() > 0]
+    if not vs:
+        return torch.ones((), dtype=torch.bool)
+    if not all(v.is_floating_point() for v in vs):
+        return _all_finite(td)
+    return torch.isfinite(torch.stack([n.to(vs[0].dtype) for n in torch._foreach_norm(vs)])).all()
 
 
 def make_step(
@@ -272,9 +288,10 @@ def make_step(
 
     def _guarded_balance(grads: TaskGradients, norms: torch.Tensor, state: StepState, params: TensorDict):
         if not torch.compiler.is_compiling():
-            heads_ok = _all_finite(grads.tasks) if leaves(grads.tasks) else True
-            if not bool(torch.isfinite(grads.losses).all() & torch.isfinite(norms).all()) or not bool(heads_ok):
-                # ‖J_t‖² overflows for huge but finite gradients: only the error path looks leaf by leaf
+            heads_ok = _probably_finite(grads.tasks) if leaves(grads.tasks) else True
+            if not bool(torch.isfinite(grads.losses).all() & torch.isfinite(norms).all() & heads_ok):  # one sync
+                # ‖J_t‖² and the heads' norms overflow for huge but finite gradients: only the
+                # error path looks leaf by leaf
                 names = task_names(params)
                 finite = _finite_rows(grads.shared) & _finite_heads(grads.tasks, names)
                 if not bool(finite.all() & torch.isfinite(grads.losses).all()):
@@ -321,7 +338,10 @@ def make_step(
         else:
             cosine = _nans(losses, T, T)
         updates, ostate = optimizer.update(g, state.optimizer, params)
-        new_params = params.apply(torch.add, updates)  # a third cheaper than `params + updates`
+        # one multi-tensor add over the leaves (updates paired in params' key order): cheaper than
+        # `params.apply(torch.add, updates)`, itself a third cheaper than `params + updates`
+        keys = list(params.keys(True, True))
+        new_params = with_leaves(params, torch._foreach_add(leaves_at(params, keys), leaves_at(updates, keys)))
         new_buffers = state.buffers
         if update_buffers is not None:
             after = rng.get(device) if replay else None
@@ -331,12 +351,14 @@ def make_step(
             if replay:
                 rng.set(after, device)
         new_state = StepState(state.count + 1, bstate, ostate, new_buffers)
-        ok = torch.isfinite(losses).all() & _all_finite(updates)
+        ok = torch.isfinite(losses).all() & (_all_finite(updates) if compiling else _probably_finite(updates))
         if compiling:
             new_params = _select(ok, new_params, params)
             new_state = _select(ok, new_state, state)
         elif not bool(ok):
-            raise FloatingPointError(_nonfinite_error(names, losses, updates=updates))
+            ok = torch.isfinite(losses).all() & _all_finite(updates)  # exact: a norm overflowed, or not
+            if not bool(ok):
+                raise FloatingPointError(_nonfinite_error(names, losses, updates=updates))
         info = {**binfo, "losses": losses.detach(), "grad_norms": norms, "cosine": cosine, "ok": ok}
         return new_params, new_state, info
 

@@ -7,9 +7,10 @@ from tensordict import TensorDict
 
 from ..base import TaskGradients
 from ..params import task_names
-from ..tree import scale_rows
+from ..tree import leaves, scale_rows, with_leaves
 
-__all__ = ["log_transform", "log_scale", "check_log_domain", "assemble", "weighted_tasks", "zeros_like_rows"]
+__all__ = ["log_transform", "log_scale", "scale_heads", "check_log_domain", "assemble", "weighted_tasks",
+           "zeros_like_rows"]
 
 
 def check_log_domain(
@@ -68,11 +69,29 @@ def log_transform(grads: TaskGradients, params: TensorDict, eps: float) -> TaskG
         (tensor([[2.]]), tensor([1.]))
     """
     scale = log_scale(grads.losses, params, eps)
-    tasks = TensorDict(
-        {n: grads.tasks[n].apply(lambda v, s=scale[i]: v * s) for i, n in enumerate(task_names(params))},
-        [],
-    )
+    tasks = scale_heads(scale, grads.tasks, task_names(params))
     return TaskGradients(torch.log(grads.losses + eps), scale_rows(scale, grads.shared), tasks)
+
+
+def scale_heads(scale: torch.Tensor, tasks: TensorDict, names: list[str]) -> TensorDict:
+    """Head t's gradients times ``scale[t]`` (``names[t]`` is task t), as one multi-tensor product.
+
+    ``v * scale[t]`` leaf by leaf, the same numbers; one ``torch._foreach_mul`` per task and one
+    rebuild of the tree cost less than a TensorDict ``apply`` per head.
+
+    Example:
+        >>> t = TensorDict({"a": {"b": torch.ones(2)}, "c": {"b": torch.ones(1)}}, [])
+        >>> scale_heads(torch.tensor([2.0, 3.0]), t, ["a", "c"])["c", "b"]
+        tensor([3.])
+    """
+    s = scale.unbind()
+    index = {n: i for i, n in enumerate(names)}
+    out: list[torch.Tensor] = []
+    for n in tasks.keys():
+        head = leaves(tasks[n])
+        if head:
+            out += torch._foreach_mul(head, s[index[n]])
+    return with_leaves(tasks, out)
 
 
 def weighted_tasks(weights: torch.Tensor, tasks: TensorDict) -> TensorDict:

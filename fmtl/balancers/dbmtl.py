@@ -8,8 +8,9 @@ import torch
 from tensordict import TensorDict
 
 from ..base import Balancer, TaskGradients
+from ..params import task_names
 from ..tree import combine, row_sq_norms, scale_rows
-from ._common import assemble, log_scale, zeros_like_rows
+from ._common import assemble, log_scale, scale_heads, zeros_like_rows
 from ._common import log_transform as _log_transform
 
 __all__ = ["ALPHAS", "DBMTLState", "alpha_scale", "dbmtl", "ema_carry", "ema_rows", "ema_sq_norms"]
@@ -194,8 +195,7 @@ def dbmtl(
         if log_transform:
             # Only the heads and the losses go through the transform here; for θ, the factor
             # 1/(ℓ_t + ε) lives in the rows' scale (ema_carry), so no scaled copy of J is made.
-            T = grads.losses.shape[0]
-            tasks = _log_transform(TaskGradients(grads.losses, TensorDict({}, [T]), tasks), params, eps).tasks
+            tasks = scale_heads(log_scale(grads.losses, params, eps), tasks, task_names(params))
         carry, scale = ema_carry(state.scale, grads.losses, count, beta, beta_sigma, eps, log_transform)
         rows = state.rows.apply(lambda u, g: ema_rows(u, g, carry), grads.shared)
         norms = ema_sq_norms(rows, scale).sqrt()
