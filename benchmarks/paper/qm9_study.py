@@ -252,8 +252,8 @@ def experiments(selected: tuple[float, float] | None) -> dict[str, Experiment]:
 
     settings_stl = []  # (label, data, settings) of every setting whose own STL is wanted
     e = new("scaling_clip", "Descriptor inputs standardized, then clipped to ±5σ (train statistics)")
-    # With the log-only row: the Adam side of the SGD comparison (``sgd_clip``), same inputs.
-    _method_rows(e, selected, data={"clip": 5.0}, constant_beta=True)
+    # EW and β = 0.9 are the Adam side of the SGD comparison (``sgd_clip``), same inputs.
+    _method_rows(e, selected, data={"clip": 5.0}, constant_beta=True, log_only=False)
     settings_stl.append(("clip ±5σ", {"clip": 5.0}, None))
 
     e = new("scaling_asinh", "Descriptor inputs z = asinh((x − μ)/σ) (train statistics)")
