@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 from _train_helpers import TINY, final_params, run_fmtl
@@ -28,6 +31,17 @@ def test_the_synthetic_mlp_loss_is_its_model_written_in_two_stages():
     ours = fmtl.task_gradients(problem.loss_fn, problem.params, batch, strategy="loop")
     theirs = fmtl.task_gradients(plain, model.params, batch, strategy="loop")
     torch.testing.assert_close(ours.shared.to_dict(), theirs.shared.to_dict(), rtol=0, atol=0)
+
+
+def test_a_rep_grad_run_trains_and_shares_its_stl_reference(tmp_path):
+    """Without --stl the run trains its STL ensemble first (no --rep-grad there: the ensemble has no two
+    stages), and a parameter-gradient run of the same setting reuses that reference."""
+    run_fmtl("train", *TINY, "--method", "mgda", "--rep-grad", "--out", "rep", cwd=tmp_path)
+    run_fmtl("train", *TINY, "--method", "mgda", "--out", "plain", cwd=tmp_path)
+    rep = json.loads((tmp_path / "rep" / "results.json").read_text())
+    plain = json.loads((tmp_path / "plain" / "results.json").read_text())
+    assert rep["stl_dir"] == plain["stl_dir"] and math.isfinite(rep["delta_p"])
+    assert load_toml(tmp_path / rep["stl_dir"] / "config.toml")["rep_grad"] is False
 
 
 def test_train_rep_grad_through_the_console_script(tmp_path):

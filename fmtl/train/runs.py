@@ -245,9 +245,10 @@ def prepare(out: str | Path, cfg: Mapping[str, Any], *, resume: bool = False, ov
 
 #: Settings that do not change the STL ensemble's numbers (beyond rounding): its runs leave them at
 #: their defaults, so runs that differ only in them share one STL reference. The ensemble is trained
-#: with equal weighting, which needs no task gradients (``strategy``, ``chunk_size``), the method's
+#: with equal weighting, which needs no task gradients (``strategy``, ``chunk_size``, ``rep_grad``: the
+#: ensemble has no encoder and heads to split, and ``--rep-grad`` would refuse it), the method's
 #: hyperparameters are not its, and ``compile`` and logging change neither its steps nor its data order.
-STL_IGNORES = ("opts", "compile", "strategy", "chunk_size", "log_every", "checkpoint_every")
+STL_IGNORES = ("opts", "compile", "strategy", "chunk_size", "rep_grad", "log_every", "checkpoint_every")
 
 
 def stl_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -259,7 +260,7 @@ def stl_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     Example:
         >>> stl_config({"method": "dbmtl", "opts": {"beta": 0.5}, "seed": 1, "compile": True})
         {'method': 'stl', 'opts': {}, 'seed': 1, 'compile': False, 'strategy': 'auto', 'chunk_size': None, \
-'log_every': None, 'checkpoint_every': 0}
+'rep_grad': False, 'log_every': None, 'checkpoint_every': 0}
     """
     reset = {k: ({} if k == "opts" else DEFAULTS[k]) for k in STL_IGNORES}
     return {**cfg, "method": "stl", **reset}
