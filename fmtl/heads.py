@@ -84,8 +84,8 @@ def _per_task_heads(heads: TensorDict, z: torch.Tensor, names: list[str]) -> dic
             f"linear_heads(task_axis=True): z of shape {tuple(z.shape)} needs a leading axis of {len(names)} "
             "tasks, one copy of the representation per task"
         )
-    # head by head: faster than one baddbmm over the task axis (a batched matrix-vector product
-    # for scalar heads: at T = 40, B = 128, D = 512 forward + backward 4.4 ms vs 8.3 ms, and an
-    # einsum 13.8 ms, one core); unbind, not z[t], so that the backward stacks once
+    # head by head: faster than one bmm over the task axis (a batched matrix-vector product for
+    # scalar heads: at T = 40, B = 128, D = 512 forward + backward 4.3 ms vs 7.8 ms, an einsum
+    # 13.2 ms; benchmarks/task_axis_heads.py); unbind, not z[t], so that the backward stacks once
     return {n: F.linear(z_t, heads[n, "weight"], heads[n].get("bias", None))
             for z_t, n in zip(z.unbind(0), names, strict=True)}

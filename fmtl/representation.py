@@ -111,7 +111,8 @@ class TwoStageLoss(NamedTuple):
     heads still get z (parameter gradients are unchanged, to the bit); with ``rep_grad=True`` they
     get the copies, and the representation gradients come from one backward of Σ_t ℓ_t to them (the
     gradient of copy t is Z_t) instead of T backwards through all the heads: on the benchmark MLP
-    at T = 40, 6.4 ms instead of 11.0 for Z and ∇ψ_t ℓ_t (``benchmarks/RESULTS.md`` §10.9). A head
+    at T = 40, 14.9 ms instead of 20.4 for the encoder's forward, Z and ∇ψ_t ℓ_t
+    (``benchmarks/task_axis_heads.py``, ``benchmarks/RESULTS.md`` §10.9). A head
     that reads another task's copy breaks the contract and gives wrong representation gradients.
 
     Example:
