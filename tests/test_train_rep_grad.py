@@ -89,3 +89,19 @@ def test_a_problem_without_two_stages_is_refused(tmp_path):
     with pytest.raises(ValueError, match="--rep-grad: benchmark 'toy' has no loss written as encoder and heads"):
         fmtl.train.fit(problem, tmp_path / "run", stl="none", quiet=True, method="mgda", rep_grad=True, epochs=1)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_rep_grad_run_measures_no_strategy_for_theta(tmp_path, monkeypatch):
+    """--rep-grad never takes θ's task gradients, so "auto" must not time θ's strategies (a Jacobian
+    pass each); the step runs the heads' own "auto", and that is what the checkpoint records."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("choose_strategy was called for a rep-grad run")
+
+    monkeypatch.setattr(fmtl.strategy, "choose_strategy", refuse)
+    cfg = {"data": {"n": 32, "n_eval": 8, "num_tasks": 3, "dim": 5}, "model": {"hidden": [7]}, "seed": 0}
+    problem = synthetic.build(cfg)
+    fmtl.train.fit(problem, tmp_path / "run", stl="none", quiet=True, method="mgda", rep_grad=True, epochs=1,
+                   batch_size=16)  # fmt: skip
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["extra"]["strategy"] == "auto"

@@ -249,7 +249,8 @@ def strategy_of(run: Run, cfg: Mapping[str, Any], params: TensorDict, extra: dic
 
     ``"auto"`` is measured on one micro-batch shard at the run's (restored) ``params`` the first
     time and saved in ``extra["strategy"]`` (the checkpoint's bookkeeping), so that a resumed run
-    keeps it.
+    keeps it. Steps that never take θ's task gradients are not measured: a loss balancer's gets
+    ``"loop"``, a representation-gradient run's ``"auto"`` (the heads' own choice).
     """
     if cfg["strategy"] != "auto":
         return cfg["strategy"]
@@ -258,6 +259,11 @@ def strategy_of(run: Run, cfg: Mapping[str, Any], params: TensorDict, extra: dic
         # measuring their strategies would cost it T backwards (and, for the GNN, a Jacobian pass
         # larger than host memory) for a choice it does not use.
         extra["strategy"] = "loop"
+    if "strategy" not in extra and cfg.get("rep_grad"):
+        # Representation gradients never take θ's task gradients: the heads' strategy is "auto"
+        # (plain autograd eagerly, torch.func compiled; fmtl.representation), so measuring θ's
+        # strategies would cost a Jacobian pass per strategy for a choice the step ignores.
+        extra["strategy"] = "auto"
     if "strategy" not in extra:
         train_ds, B, K = run.problem.splits["train"], int(cfg["batch_size"]), int(cfg["accumulate"])
         shard = train_ds[torch.arange(min(len(train_ds), max(1, B // world.size // K)))].to(world.device)
