@@ -105,7 +105,10 @@ def test_compiled_step_matches_eager(tmp_path):
 def test_tensorboard_flag(tmp_path, capsys):
     train(tiny_config(method="ew", epochs=1), tmp_path / "tb", quiet=True, plots=False, tensorboard=True)
     if importlib.util.find_spec("tensorboard") is None:
-        assert "pip install tensorboard" in capsys.readouterr().err
+        # one line that names the missing package and the extra that installs it; training went on
+        err = capsys.readouterr().err
+        assert "needs the tensorboard package" in err and 'pip install "fmtl[tb]"' in err
+        assert (tmp_path / "tb" / "checkpoint.pt").is_file()
     else:
         assert any((tmp_path / "tb" / "tensorboard").iterdir())
 
