@@ -207,7 +207,8 @@ def build_steps(run: Run, cfg: Mapping[str, Any], strategy: str, world: World) -
                          "Gramians would have to be summed; fmtl.representation says why)")  # fmt: skip
 
     # with representation gradients the strategy is the heads' (θ's measured choice does not apply);
-    # "auto" runs them in plain autograd eagerly (fmtl.representation)
+    # "auto" runs them in plain autograd eagerly (fmtl.representation). strategy_of no longer measures
+    # one for such runs; this maps the θ strategy that checkpoints from before that change hold.
     strategy = "auto" if rep_grad and cfg["strategy"] == "auto" else strategy
 
     def build(diagnostics: bool) -> Step:
