@@ -43,6 +43,7 @@ class Problem:
     num_tasks: int
     two_stage: fmtl.TwoStageLoss | None = None  # the same losses as encoder + heads (rep_grad)
     two_stage_axis: fmtl.TwoStageLoss | None = None  # the same again with task-axis heads (one backward for Z)
+    two_stage_linear: fmtl.TwoStageLoss | None = None  # the same with heads declared linear (G_z factored)
 
     def loss_fn(self, p: TensorDict, b) -> torch.Tensor:
         return torch.stack(self.task_losses(p, b))
@@ -50,7 +51,7 @@ class Problem:
     def to(self, device: torch.device) -> Problem:
         """The problem with its parameters and batch on ``device`` (the losses are pure functions)."""
         return Problem(self.name, self.params.to(device), self.task_losses, self.batch.to(device), self.num_tasks,
-                       self.two_stage, self.two_stage_axis)  # fmt: skip
+                       self.two_stage, self.two_stage_axis, self.two_stage_linear)  # fmt: skip
 
 
 def _regression(apply, num_tasks: int) -> Callable:
@@ -75,21 +76,25 @@ def mlp(num_tasks: int, batch: int = 128) -> Problem:
     return Problem("mlp", params, _regression(apply, num_tasks), b, num_tasks, *_two_stages(encoder))
 
 
-def _two_stages(encoder: nn.Module) -> tuple[fmtl.TwoStageLoss, fmtl.TwoStageLoss]:
+def _two_stages(encoder: nn.Module) -> tuple[fmtl.TwoStageLoss, fmtl.TwoStageLoss, fmtl.TwoStageLoss]:
     """The regression losses as ``encode`` (the encoder) and ``heads`` (linear heads, MSE): the heads
-    concatenated over one z, and the same heads on one copy of z per task (``task_axis``)."""
+    concatenated over one z, the same heads on one copy of z per task (``task_axis``), and the same
+    heads declared linear (``fmtl.heads.LinearHeads``: the Gramian of Z from the heads' factors)."""
 
     def encode(shared: TensorDict, b: TensorDict) -> torch.Tensor:
         return torch.func.functional_call(encoder, fmtl.params.flat_dict(shared), (b["x"],))
 
+    def criterion(out: dict[str, torch.Tensor], b: TensorDict) -> torch.Tensor:
+        return torch.stack([(o.squeeze(-1) - b["y"][:, t]).pow(2).mean() for t, o in enumerate(out.values())])
+
     def losses(task_axis: bool) -> Callable:
         def heads(tasks: TensorDict, z: torch.Tensor, b: TensorDict) -> torch.Tensor:
-            out = fmtl.heads.linear_heads(tasks, z, task_axis=task_axis and z.dim() == 3)
-            return torch.stack([(o.squeeze(-1) - b["y"][:, t]).pow(2).mean() for t, o in enumerate(out.values())])
+            return criterion(fmtl.heads.linear_heads(tasks, z, task_axis=task_axis and z.dim() == 3), b)
 
         return heads
 
-    return fmtl.TwoStageLoss(encode, losses(False)), fmtl.TwoStageLoss(encode, losses(True), True)
+    return (fmtl.TwoStageLoss(encode, losses(False)), fmtl.TwoStageLoss(encode, losses(True), True),
+            fmtl.TwoStageLoss(encode, fmtl.heads.LinearHeads(criterion)))  # fmt: skip
 
 
 def mlp_per_head(num_tasks: int, batch: int = 128) -> Problem:

@@ -15,7 +15,9 @@ Representation gradients (models with a two-stage form: ``mlp``, ``qm9_mlp``, ``
 step (SGD), next to ``<m> step`` with parameter gradients and ``<m> weighting`` (the method's
 T×T solve on the representation Gramian alone, which no choice of gradients avoids), and
 ``<m> step, rep_grad, task axis``: the same losses with task-axis heads
-(``fmtl.TwoStageLoss(..., task_axis=True)``), Z from one backward of Σ_t ℓ_t.
+(``fmtl.TwoStageLoss(..., task_axis=True)``), Z from one backward of Σ_t ℓ_t, and
+``<m> step, rep_grad, linear heads``: the heads declared linear (``fmtl.heads.LinearHeads``), the
+Gramian of Z from the heads' factors and Z never formed (``fmtl.linear_representation``).
 
     python benchmarks/step.py              # default table (a few minutes)
     python benchmarks/step.py --quick      # smoke run (seconds)
@@ -70,6 +72,9 @@ def _rep_steps(problem: common.Problem, methods: list[str]) -> tuple[dict, dict]
         if problem.two_stage_axis is not None:  # Z in one backward of Σ_t ℓ_t (fmtl.heads, task_axis)
             steps[f"{m} step, rep_grad, task axis"] = fmtl.make_step(problem.two_stage_axis, b, fmtl.optim.sgd(1e-3),
                                                                      rep_grad=True)  # fmt: skip
+        if problem.two_stage_linear is not None and b.from_gramian is not None:  # G_z from the heads' factors
+            linear = problem.two_stage_linear
+            steps[f"{m} step, rep_grad, linear heads"] = fmtl.make_step(linear, b, fmtl.optim.sgd(1e-3), rep_grad=True)
         state = b.init(z_params, problem.num_tasks)
         # the balancer on the representation gradients alone (its Gramian and its T×T solve)
         weightings[f"{m} weighting"] = lambda b=b, state=state: b.update(grads, state, z_params)

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import torch
 from tensordict import TensorDict
 
-__all__ = ["TaskGradients", "Balancer", "EmptyState", "LossWeights", "KINDS"]
+__all__ = ["TaskGradients", "Balancer", "EmptyState", "FromGramian", "LossWeights", "KINDS"]
 
 
 class TaskGradients(NamedTuple):
@@ -52,6 +52,13 @@ LossWeights = Callable[
     [torch.Tensor, Any, TensorDict], "tuple[torch.Tensor, Any, dict[str, torch.Tensor]]"
 ]
 
+# ``from_gramian(G, losses, state, params) -> (w, w_tasks, state, info)``: a Gramian method's
+# weights computed from the raw Gramian G = J Jᵀ, as weights of the raw rows J_t
+FromGramian = Callable[
+    [torch.Tensor, torch.Tensor, Any, TensorDict],
+    "tuple[torch.Tensor, torch.Tensor | None, Any, dict[str, torch.Tensor]]",
+]
+
 # What a balancer needs from the task gradients (``Balancer.kind``).
 KINDS = ("loss", "gramian", "jacobian")
 
@@ -76,6 +83,12 @@ class Balancer(NamedTuple):
     :func:`fmtl.balancers.gramian_balancer`); ``"jacobian"`` — anything else (J itself, an EMA of
     it, …; the default, so a hand-written ``Balancer(init, update)`` claims nothing).
 
+    ``from_gramian(G, losses, state, params) -> (w, w_tasks, state, info)`` (Gramian methods
+    only, else None) is the same method for a caller that has the raw Gramian G = J Jᵀ but not
+    J: ``update`` equals ``Jᵀw`` for θ and ``w_tasks[t] ∇ψ_t ℓ_t`` for the heads (``w_tasks`` None:
+    unweighted), with any log transform folded into w and w_tasks. :mod:`fmtl.linear_representation`
+    uses it, where G is cheaper to form than J.
+
     Purity contract: neither function mutates its inputs; same inputs give same outputs.
 
     Example:
@@ -98,3 +111,4 @@ class Balancer(NamedTuple):
     update: Callable[[TaskGradients, Any, TensorDict], tuple[TensorDict, Any, dict]]
     loss_weights: LossWeights | None = None
     kind: str = "jacobian"
+    from_gramian: FromGramian | None = None

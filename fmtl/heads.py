@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from tensordict import TensorDict
 
-__all__ = ["linear_heads"]
+__all__ = ["LinearHeads", "linear_heads"]
 
 
 def linear_heads(
@@ -89,3 +90,27 @@ def _per_task_heads(heads: TensorDict, z: torch.Tensor, names: list[str]) -> dic
     # 13.2 ms; benchmarks/task_axis_heads.py); unbind, not z[t], so that the backward stacks once
     return {n: F.linear(z_t, heads[n, "weight"], heads[n].get("bias", None))
             for z_t, n in zip(z.unbind(0), names, strict=True)}
+
+
+class LinearHeads(NamedTuple):
+    """Heads declared linear: ``heads(ψ, z, batch) = criterion(linear_heads(ψ, z), batch)``.
+
+    ``criterion(outputs, batch) -> Tensor[T]`` maps the heads' outputs ``{name: y_t}`` (task order)
+    to the T losses, ℓ_t from y_t alone. As the ``heads`` of a :class:`fmtl.TwoStageLoss` it is an
+    ordinary heads function (parameter gradients are unchanged); with ``rep_grad=True`` it lets a
+    Gramian method skip the representation gradients Z_t = ∇z ℓ_t themselves: ∇z ℓ_t = A_t W_t with
+    A_t = ∂ℓ_t/∂y_t, so the Gramian factors (:mod:`fmtl.linear_representation`).
+
+    Example:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> heads = LinearHeads(lambda out, y: torch.stack([(out[k] - y).pow(2).mean() for k in out]))
+        >>> psi = TensorDict({"a": {"weight": torch.ones(1, 2)}, "b": {"weight": torch.zeros(1, 2)}}, [])
+        >>> heads(psi, torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0]]))
+        tensor([4., 1.])
+    """
+
+    criterion: Callable[[dict[str, torch.Tensor], Any], torch.Tensor]
+
+    def __call__(self, heads: TensorDict, z: torch.Tensor, batch: Any) -> torch.Tensor:
+        return self.criterion(linear_heads(heads, z), batch)

@@ -29,7 +29,10 @@ than the heads' backwards themselves (``benchmarks/RESULTS.md`` §10.6). Otherwi
 multiply-adds, and with the heads applied as one product (:func:`fmtl.heads.linear_heads`) the
 batched backward to z costs T²·B·D as well (each task's cotangent crosses the whole
 [ΣO_t, D] head matrix). On the benchmark MLP (B = 128, D = 512) each is ~4 % of an EW step's
-multiply-adds (2.1·10⁸) at T = 11 and ~50 % at T = 40.
+multiply-adds (2.1·10⁸) at T = 11 and ~50 % at T = 40. Heads declared linear
+(:class:`fmtl.heads.LinearHeads`) remove both for the Gramian methods: Z_t = A_t W_t with
+A_t = ∂ℓ_t/∂y_t, so G_z factors and Z is never formed (:mod:`fmtl.linear_representation`); the
+step then costs about an EW step at T = 11 and 40 (``benchmarks/RESULTS.md`` §10.10).
 
 **How the maths differs from the parameter-gradient version.** The weights are chosen from the
 Gramian G_z = Z Zᵀ of the representation gradients instead of G = J Jᵀ: the inner products are
@@ -85,11 +88,12 @@ from torch.utils import _pytree as pytree
 
 from .balancers.dbmtl import DBMTLState
 from .base import Balancer, TaskGradients
+from .heads import LinearHeads
 from .jacobian import _in_transform
 from .params import task_names
 from .task_gradients import check_losses, task_gradients
 
-__all__ = ["TwoStageLoss", "check_support", "check_task_axis", "per_task", "representation_gradients"]
+__all__ = ["TwoStageLoss", "check_support", "check_task_axis", "encoder_graph", "per_task", "representation_gradients"]
 
 Encode = Callable[[TensorDict, Any], Any]
 Heads = Callable[[TensorDict, Any, Any], torch.Tensor]
@@ -114,6 +118,10 @@ class TwoStageLoss(NamedTuple):
     at T = 40, 14.9 ms instead of 20.4 for the encoder's forward, Z and ∇ψ_t ℓ_t
     (``benchmarks/task_axis_heads.py``, ``benchmarks/RESULTS.md`` §10.9). A head
     that reads another task's copy breaks the contract and gives wrong representation gradients.
+
+    Linear heads are better declared as ``heads = fmtl.heads.LinearHeads(criterion)`` (with
+    ``task_axis=False``): a Gramian method then takes the Gramian of Z from the heads' factors and
+    never forms Z (:mod:`fmtl.linear_representation`).
 
     Example:
         >>> import torch, fmtl
@@ -205,6 +213,11 @@ def check_task_axis(loss: TwoStageLoss, strategy: str, chunk_size: int | None, m
         ...
         ValueError: rep_grad with task-axis heads (...) takes Z in one backward: strategy='loop', ...
     """
+    if loss.task_axis and isinstance(loss.heads, LinearHeads):
+        raise ValueError(
+            "rep_grad: LinearHeads take z itself, not one copy per task (their representation gradients factor: "
+            "fmtl.linear_representation); build the TwoStageLoss with task_axis=False"
+        )
     if loss.task_axis and (strategy != "auto" or chunk_size is not None or max_memory is not None):
         raise ValueError(
             "rep_grad with task-axis heads (TwoStageLoss(..., task_axis=True)) takes Z in one backward: "
@@ -281,12 +294,11 @@ def _autograd_representation(
     ``None`` (the caller takes the ``torch.func`` path) for a representation that is not one tensor.
     """
     names = task_names(params)
-    shared = params["shared"].apply(_leaf)
     tasks = params["tasks"].apply(_leaf)
+    z, pullback = encoder_graph(loss.encode, params["shared"], batch)
+    if not isinstance(z, torch.Tensor):
+        return None
     with torch.enable_grad():
-        z = loss.encode(shared, batch)
-        if not isinstance(z, torch.Tensor):
-            return None
         head_leaves = list(tasks.values(True, True))
         if loss.task_axis:
             # one backward of Σ_t ℓ_t: copy t of z receives ∇z ℓ_t, head t ∇ψ_t ℓ_t
@@ -307,16 +319,35 @@ def _autograd_representation(
     heads = params["tasks"].empty(recurse=True).update(dict(zip(tasks.keys(True, True), head_grads, strict=True)))
     grads = TaskGradients(losses.detach(), TensorDict({"z": Z}, [len(names)]), heads)
     z_params = TensorDict({"shared": {"z": z.detach()}, "tasks": params["tasks"]}, [])
-    keys = list(shared.keys(True, True))
-    theta = list(shared.values(True, True))
+    return grads, z_params, pullback
+
+
+def encoder_graph(encode: Encode, shared: TensorDict, batch: Any) -> tuple[Any, Callable[[Any], TensorDict]]:
+    """z = encode(θ, batch) in plain autograd, its graph kept, and the pullback g_z ↦ ∇θ ⟨g_z, z⟩.
+
+    The eager counterpart of ``torch.func.vjp`` for the representation paths: θ's leaves are
+    detached copies, so the caller's params never enter a graph. The pullback runs once (the
+    graph is freed) and gives zeros for an encoder without parameters or a z that does not
+    depend on them.
+
+    Example:
+        >>> z, pullback = encoder_graph(lambda s, b: s["w"] * b, TensorDict({"w": torch.tensor(2.0)}, []), 3.0)
+        >>> z.item(), pullback(torch.tensor(1.0))["w"]
+        (6.0, tensor(3.))
+    """
+    leaves = shared.apply(_leaf)
+    with torch.enable_grad():
+        z = encode(leaves, batch)
+    keys = list(leaves.keys(True, True))
+    theta = list(leaves.values(True, True))
 
     def pullback(g_z: torch.Tensor) -> TensorDict:
         # an encoder without parameters, or a z that does not depend on them: ∇θ = 0
         g = torch.autograd.grad(z, theta, g_z, allow_unused=True) if theta and z.requires_grad else [None] * len(theta)
         g = [torch.zeros_like(x) if d is None else d for d, x in zip(g, theta, strict=True)]
-        return params["shared"].empty(recurse=True).update(dict(zip(keys, g, strict=True)))
+        return shared.empty(recurse=True).update(dict(zip(keys, g, strict=True)))
 
-    return grads, z_params, pullback
+    return z, pullback
 
 
 def _task_axis_gradients(loss: TwoStageLoss, z_params: TensorDict, batch: Any) -> TaskGradients:

@@ -11,7 +11,10 @@ from torch.func import vjp
 from torch.utils import _pytree as pytree
 
 from . import rng
+from .balancers._gradient import finish
 from .base import Balancer, TaskGradients
+from .heads import LinearHeads
+from .linear_representation import linear_representation
 from .optim import Optimizer, require_functional
 from .params import check_params, task_names
 from .representation import TwoStageLoss, check_support, check_task_axis, representation_gradients
@@ -246,6 +249,10 @@ def make_step(
         if reduce is not None:
             raise ValueError("rep_grad=True does not support a reduce hook (fmtl.representation says why)")
         check_task_axis(loss_fn, strategy, chunk_size, max_memory)
+    # linear heads let a Gramian method take G_z from the heads' factors (fmtl.linear_representation);
+    # an explicit strategy, chunk or memory bound asks for Z itself
+    factored = (rep_grad and isinstance(loss_fn.heads, LinearHeads) and balancer.from_gramian is not None
+                and strategy == "auto" and chunk_size is None and max_memory is None)  # fmt: skip
 
     layouts: dict = {}
 
@@ -258,6 +265,8 @@ def make_step(
         return StepState(count, balancer.init(params, len(task_names(params))), optimizer.init(params), buffers)
 
     def gradient_method(params, state, batch):
+        if factored:
+            return linear_heads_method(params, state, batch)
         if rep_grad:
             return representation_method(params, state, batch)
         grads = task_gradients(loss_fn, params, batch, **jacobian)
@@ -276,6 +285,17 @@ def make_step(
         g = TensorDict({"shared": pullback(g["shared", "z"]), "tasks": g["tasks"]}, [])
         return grads, G, norms, g, bstate, binfo
 
+    def linear_heads_method(params, state, batch):
+        # linear heads and a Gramian method: G_z from the heads' factors, Z itself never formed
+        rep, pullback = linear_representation(loss_fn, params, batch)
+        norms = torch.diagonal(rep.gramian).clamp_min(0).sqrt()
+        T = rep.losses.shape[0]
+        _guard(rep.losses, norms, rep.tasks, params, lambda: TensorDict({"z": rep.rows()}, [T]))
+        w, w_tasks, bstate, binfo = balancer.from_gramian(rep.gramian, rep.losses, state.balancer, params)
+        g = finish(pullback(rep.combine(w)), w_tasks, rep.tasks)
+        grads = TaskGradients(rep.losses, TensorDict({}, [T]), rep.tasks)
+        return grads, rep.gramian if with_diagnostics else None, norms, g, bstate, binfo
+
     def _norms(grads: TaskGradients | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         # ‖J_t‖ feed both info["grad_norms"] and the finiteness guard; with the diagnostics on,
         # the Gramian's diagonal gives them for free.
@@ -286,16 +306,21 @@ def make_step(
             return G, torch.diagonal(G).clamp_min(0).sqrt()
         return None, row_norms(grads.shared)
 
+    def _guard(losses: torch.Tensor, norms: torch.Tensor, tasks: TensorDict, params: TensorDict,
+               rows: Callable[[], TensorDict]) -> None:  # fmt: skip
+        if torch.compiler.is_compiling():
+            return
+        heads_ok = _probably_finite(tasks) if leaves(tasks) else True
+        if not bool(torch.isfinite(losses).all() & torch.isfinite(norms).all() & heads_ok):  # one sync
+            # ‖J_t‖² and the heads' norms overflow for huge but finite gradients: only the
+            # error path looks leaf by leaf (at the rows themselves: `rows()`)
+            names = task_names(params)
+            finite = _finite_rows(rows()) & _finite_heads(tasks, names)
+            if not bool(finite.all() & torch.isfinite(losses).all()):
+                raise FloatingPointError(_nonfinite_error(names, losses, finite))
+
     def _guarded_balance(grads: TaskGradients, norms: torch.Tensor, state: StepState, params: TensorDict):
-        if not torch.compiler.is_compiling():
-            heads_ok = _probably_finite(grads.tasks) if leaves(grads.tasks) else True
-            if not bool(torch.isfinite(grads.losses).all() & torch.isfinite(norms).all() & heads_ok):  # one sync
-                # ‖J_t‖² and the heads' norms overflow for huge but finite gradients: only the
-                # error path looks leaf by leaf
-                names = task_names(params)
-                finite = _finite_rows(grads.shared) & _finite_heads(grads.tasks, names)
-                if not bool(finite.all() & torch.isfinite(grads.losses).all()):
-                    raise FloatingPointError(_nonfinite_error(names, grads.losses, finite))
+        _guard(grads.losses, norms, grads.tasks, params, lambda: grads.shared)
         return balancer.update(grads, state.balancer, params)
 
     def loss_method(params, state, batch):

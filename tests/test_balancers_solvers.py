@@ -47,6 +47,37 @@ def test_kkt_on_any_rank_conditioning_and_norm_spread(problem):
     assert _solvers.kkt_dual_cone(Gn, U, _solvers.project_dual_cone(Gn, U)) <= 1e-9
 
 
+def _cagrad_objective(G: torch.Tensor, w: torch.Tensor) -> float:
+    mean = torch.full((G.shape[0],), 1.0 / G.shape[0], dtype=F64)
+    return float(w @ G @ mean + 0.5 * (mean @ G @ mean).sqrt() * (w @ G @ w).clamp_min(0).sqrt())
+
+
+@settings(max_examples=40, deadline=None)
+@given(problems)
+def test_cagrads_interior_start_reaches_the_optimum_of_the_vertex_start(problem):
+    """The dual from the interior face (one solve when every task is in the support) against the
+    one-index-at-a-time path from the best vertex: the same optimum, on any rank and conditioning."""
+    T, deficit, spread, condition, seed = problem
+    G = random_gramian(T, max(T - deficit, 0), seed, spread, condition)
+    iterations, program = [], _qp.simplex_program
+
+    def counted(*args, **kwargs):
+        y, n = program(*args, **kwargs)
+        iterations.append(int(n))
+        return y, n
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(_solvers, "simplex_program", counted)
+        w = _solvers.cagrad_dual(G, 0.5)
+        m.setattr(_solvers, "simplex_program", lambda *a, interior_start, **k: program(*a, **k))
+        vertex = _solvers.cagrad_dual(G, 0.5)
+    scale = float(torch.diagonal(G).amax())
+    assert _cagrad_objective(G, w) <= _cagrad_objective(G, vertex) + 1e-10 * scale
+    assert _solvers.kkt_cagrad(G, 0.5, w) <= 1e-9
+    if bool((w > 0).all()):
+        assert iterations == [1]  # started at the optimum: one confirming step
+
+
 def _nnqp_reference(C: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """min ½xᵀCx + cᵀx over x ≥ 0 by enumerating the free sets (C positive definite, tiny n)."""
     n = C.shape[0]

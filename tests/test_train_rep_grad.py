@@ -11,6 +11,7 @@ from _train_helpers import TINY, final_params, run_fmtl
 from torch.utils.data import TensorDataset
 
 import fmtl
+import fmtl.step
 from fmtl.losses import make_loss_fn, mse
 from fmtl.models import mlp_hps
 from fmtl.train import Problem
@@ -31,6 +32,22 @@ def test_the_synthetic_mlp_loss_is_its_model_written_in_two_stages():
     ours = fmtl.task_gradients(problem.loss_fn, problem.params, batch, strategy="loop")
     theirs = fmtl.task_gradients(plain, model.params, batch, strategy="loop")
     torch.testing.assert_close(ours.shared.to_dict(), theirs.shared.to_dict(), rtol=0, atol=0)
+
+
+def test_the_synthetic_mlp_heads_factor_the_representation_gramian(monkeypatch):
+    """Its heads are LinearHeads: a Gramian method never forms Z, and gives the step that forms it."""
+    cfg = {"data": {"n": 32, "n_eval": 8, "num_tasks": 3, "dim": 5}, "model": {"hidden": [7, 6]}, "seed": 3}
+    problem = synthetic.build(cfg)
+    batch = problem.splits["train"][torch.arange(16)]
+    b = fmtl.balancers.get("mgda")
+    formed = fmtl.make_step(problem.loss_fn, b, fmtl.optim.sgd(1.0), rep_grad=True, strategy="loop")
+    expected = formed(problem.params, formed.init(problem.params), batch)
+    monkeypatch.setattr(fmtl.step, "representation_gradients", lambda *a, **k: pytest.fail("Z was formed"))
+    step = fmtl.make_step(problem.loss_fn, b, fmtl.optim.sgd(1.0), rep_grad=True)
+    got = step(problem.params, step.init(problem.params), batch)
+    for k in expected[0].keys(True, True):
+        torch.testing.assert_close(got[0][k], expected[0][k], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[2]["weights"], expected[2]["weights"], rtol=1e-4, atol=1e-5)
 
 
 def test_a_rep_grad_run_trains_and_shares_its_stl_reference(tmp_path):
@@ -69,8 +86,6 @@ def test_train_rep_grad_through_the_console_script(tmp_path):
         (["--method", "stl"], "--rep-grad: method 'stl' computes no task gradients"),
         (["--method", "mgda", "--accumulate", "2"], "--rep-grad does not combine with --accumulate"),
         (["--method", "mgda", "--amp", "bf16"], "--rep-grad does not combine with --amp"),
-        # the synthetic MLP's heads are task-axis heads: Z in one backward, no strategy to choose
-        (["--method", "mgda", "--strategy", "loop"], "rep_grad with task-axis heads"),
     ],
 )
 def test_settings_that_do_not_run_on_representation_gradients_are_refused(tmp_path, capsys, extra, message):

@@ -19,6 +19,7 @@ from tensordict import TensorDict
 from ..base import Balancer, EmptyState, TaskGradients
 from ..tree import combine, gramian
 from ._common import assemble, weighted_tasks
+from ._common import log_scale as _log_scale
 from ._common import log_transform as _log_transform
 
 __all__ = ["Weighting", "gramian_balancer", "prepare", "finish"]
@@ -71,6 +72,11 @@ def gramian_balancer(
     ``w^ψ = None`` leaves the task-specific gradients unweighted (methods whose weights touch θ
     only, paper Sec. 2.2). ``info["weights"]`` is w.
 
+    The balancer's ``from_gramian`` is the same method on the raw Gramian alone (for callers that
+    have G but not J: :mod:`fmtl.linear_representation`). With the log transform, whose rows are
+    d_t J_t with d_t = 1/(ℓ_t + ε), it weighs D G D (D = diag(d)) and returns the weights of the raw
+    rows, d ∘ w and d ∘ w^ψ: the same gradient as ``update``, rounded differently.
+
     Example:
         >>> import torch
         >>> def halves(G, losses, state):
@@ -88,4 +94,12 @@ def gramian_balancer(
         w, w_tasks, state, info = weighting(gramian(grads.shared), grads.losses, state)
         return finish(combine(w, grads.shared), w_tasks, grads.tasks), state, {**info, "weights": w}
 
-    return Balancer(init, update, None, "gramian")
+    def from_gramian(G: torch.Tensor, losses: torch.Tensor, state: Any, params: TensorDict):
+        if not log_transform:
+            w, w_tasks, state, info = weighting(G, losses, state)
+            return w, w_tasks, state, {**info, "weights": w}
+        d = _log_scale(losses, params, eps)
+        w, w_tasks, state, info = weighting(G * d[:, None] * d[None, :], torch.log(losses + eps), state)
+        return w * d, d if w_tasks is None else w_tasks * d, state, {**info, "weights": w}
+
+    return Balancer(init, update, None, "gramian", from_gramian)

@@ -415,6 +415,8 @@ def simplex_program(
     y: torch.Tensor,
     support: torch.Tensor,
     max_iter: int,
+    *,
+    interior_start: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``argmin_{y ≥ 0, aᵀy = 1} bᵀy + φ √(yᵀCy)`` (a > 0) from a feasible ``(y, support)``: ``(y, iterations)``.
 
@@ -426,6 +428,11 @@ def simplex_program(
     coordinate reaches 0. At a face minimum every index with a negative multiplier
     λ = ∇f − f a joins S, one at a time (Wolfe's rule, which keeps the support's system
     non-singular); f decreases at every step. ``frozen`` indices never join.
+
+    ``interior_start``: first try the face of every index that is not frozen; if its minimum is
+    strictly feasible (y > 0), it is the optimum (f is convex and the face's stationarity is
+    the KKT system with no active bound), and the loop only confirms it. One solve more where the
+    optimum has a smaller support, T − 1 fewer where it has them all (CAGrad's dual, usually).
 
     Example:
         >>> C = torch.eye(2, dtype=torch.float64)
@@ -441,14 +448,18 @@ def simplex_program(
     tol = 1e-13 * n
     eye, zeros = torch.eye(n, dtype=C.dtype, device=C.device), torch.zeros_like(a)
 
-    def body(running, y, S):
+    def face(S):
+        # the minimum of f on the face of support S (stationarity b + φCy/r = μa), if bounded
         pq = _solve(masked_system(C, S, eye), torch.stack([torch.where(S, a, zeros), torch.where(S, b, zeros)], 1))
         p, q = pq[:, 0], pq[:, 1]
         A, B, c0 = a @ p, a @ q, b @ q
         disc = B * B - A * (c0 - phi * phi)
         bounded = disc > 1e-14 * (B * B + A * (c0.abs() + phi * phi))
         root = disc.clamp_min(tiny).sqrt()
-        target = ((B + root) / A * p - q) / root
+        return p, q, A, B, bounded, ((B + root) / A * p - q) / root
+
+    def body(running, y, S):
+        p, q, A, B, bounded, target = face(S)
         direction = torch.where(S, torch.where(bounded, target - y, B / A * p - q), 0.0)
         ratio = torch.where(S & (direction < 0), y / (-direction).clamp_min(tiny), inf)
         alpha, block = ratio.min(0)
@@ -468,6 +479,14 @@ def simplex_program(
         S = torch.where(running, kept | (torch.nn.functional.one_hot(enter, n).to(torch.bool) & joins), S)
         return running & (blocked | joins), y, S
 
+    if interior_start:
+        # the loop then stops after one confirming step; from a vertex it would take T steps to
+        # let every index join (benchmarks/RESULTS.md §10.10)
+        free = ~frozen
+        *_, bounded, target = face(free)
+        interior = bounded & (torch.where(free, target, 1.0).amin() > 0) & free.any()
+        y = torch.where(interior, torch.where(free, target, 0.0), y)
+        support = torch.where(interior, free, support)
     running = torch.ones((), dtype=torch.bool, device=C.device)
     iterations, (_, y, _) = bounded_loop(body, (running, y, support), max_iter)
     return y, iterations

@@ -99,7 +99,9 @@ def cagrad_dual(G: torch.Tensor, c: float) -> torch.Tensor:
     """CAGrad's dual: ``argmin_{w ∈ Δ} wᵀ G a + c ‖g₀‖ √(wᵀ G w)`` with a = 1/T, ‖g₀‖ = √(aᵀGa).
 
     Solved in the scaled variables y = Dw/m by :func:`fmtl.balancers._qp.simplex_program`
-    (b_t = (Ga)_t/‖g_t‖, φ = c‖g₀‖), from the best vertex. Zero rows are left out (their
+    (b_t = (Ga)_t/‖g_t‖, φ = c‖g₀‖), from the minimum on the whole simplex's interior face
+    when it is feasible (the usual case: every task in the support; one solve instead of T),
+    else from the best vertex. Zero rows are left out (their
     vertex has g_w = 0; :func:`fmtl.balancers.cagrad.cagrad_weights` handles that case); for
     G = 0 every w is optimal and w = 1/T.
 
@@ -120,7 +122,7 @@ def cagrad_dual(G: torch.Tensor, c: float) -> torch.Tensor:
     vertex_cost = torch.where(zero, float("inf"), Ga + phi * d / scale)
     y0 = torch.nn.functional.one_hot(torch.argmin(vertex_cost), T).to(C.dtype)
     y0 = y0 / (a @ y0).clamp_min(torch.finfo(C.dtype).tiny)
-    y, _ = simplex_program(C, a, b, phi, zero, y0, y0 > 0, _max_iter(T))
+    y, _ = simplex_program(C, a, b, phi, zero, y0, y0 > 0, _max_iter(T), interior_start=True)
     w = a * y
     w = w / w.sum().clamp_min(torch.finfo(C.dtype).tiny)
     return torch.where(zero.all(), mean, w).to(G.dtype)  # G = 0: every w is optimal

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 
-from ...heads import linear_heads
+from ...heads import LinearHeads
 from ...losses import make_loss_fn, mse
 from ...representation import TwoStageLoss
 from ..evaluate import regression
@@ -52,7 +52,8 @@ def two_stage(tasks: Sequence[str], targets: Mapping[str, Any]) -> TwoStageLoss:
 
     ``encode`` is :func:`fmtl.models.mlp_encode` on ``batch["x"]``, ``heads`` the linear heads and
     the per-task MSE: the same ℓ as the model's ``apply`` and :func:`fmtl.losses.make_loss_fn`. The heads
-    are task-axis heads, so ``--rep-grad`` takes Z in one backward (:class:`fmtl.TwoStageLoss`).
+    are declared linear (:class:`fmtl.heads.LinearHeads`), so with ``--rep-grad`` a Gramian method
+    never forms ∇z ℓ_t (:mod:`fmtl.linear_representation`).
 
     Example:
         >>> import torch
@@ -65,19 +66,14 @@ def two_stage(tasks: Sequence[str], targets: Mapping[str, Any]) -> TwoStageLoss:
     """
     from ...models import mlp_encode
 
-    names = list(tasks)
-    # task-axis heads (fmtl.TwoStageLoss): on z itself the heads are one product, as in the model's
-    # apply; on the per-task copies that rep_grad feeds them, head by head
-    per_task = make_loss_fn(lambda p, _: linear_heads(p["tasks"], p["z"], names, task_axis=p["z"].dim() == 3),
-                            dict.fromkeys(names, mse), targets=targets, input_key=None)  # fmt: skip
+    # linear heads (fmtl.heads.LinearHeads): one product over z, as in the model's apply; with
+    # --rep-grad a Gramian method takes the Gramian of ∇z ℓ_t from the heads' factors
+    criterion = make_loss_fn(lambda outputs, _: outputs, dict.fromkeys(tasks, mse), targets=targets, input_key=None)
 
     def encode(shared: TensorDict, batch: Any) -> torch.Tensor:
         return mlp_encode(shared, batch["x"])
 
-    def heads(heads_params: TensorDict, z: torch.Tensor, batch: Any) -> torch.Tensor:
-        return per_task({"tasks": heads_params, "z": z}, batch)
-
-    return TwoStageLoss(encode, heads, task_axis=True)
+    return TwoStageLoss(encode, LinearHeads(criterion))
 
 
 def build(cfg: Mapping[str, Any]) -> Problem:
