@@ -12,6 +12,7 @@ from torch.utils import _pytree as pytree
 
 from . import rng
 from .balancers._gradient import finish
+from .balancers.dbmtl import DBMTLState
 from .base import Balancer, TaskGradients
 from .heads import LinearHeads
 from .linear_representation import linear_representation
@@ -183,7 +184,8 @@ def make_step(
     pass over J that costs up to 15 % of a step, so it is NaN unless ``diagnostics=True``; a
     training loop builds a second step with it for the steps it logs (both update identically).
     Loss balancers compute no task gradients, so they also report NaN norms unless
-    ``diagnostics=True``.
+    ``diagnostics=True``; so does DB-MTL, whose step guards on its own ‖ĝ_t‖
+    (``info["ema_norms"]``) and skips the pass over J for ‖J_t‖.
 
     Bad input: eager calls raise — wrong loss shape or task count (``ValueError``), a state
     that does not match the params in structure, shape, dtype or device (``ValueError`` naming
@@ -235,7 +237,7 @@ def make_step(
         >>> batch = TensorDict({"x": torch.randn(16, 3), "y": torch.randn(16, 2)}, [16])
         >>> params2, state, info = step(params, state, batch)
         >>> sorted(info)
-        ['cosine', 'grad_norms', 'losses', 'ok', 'weights']
+        ['cosine', 'ema_norms', 'grad_norms', 'losses', 'ok', 'weights']
     """
     optimizer = require_functional(optimizer)  # a torch.optim object is pointed at fmtl.TorchOptimizer
     loss_only = balancer.loss_weights is not None
@@ -272,6 +274,8 @@ def make_step(
         grads = task_gradients(loss_fn, params, batch, **jacobian)
         if reduce is not None:
             grads = reduce(grads)
+        if isinstance(state.balancer, DBMTLState) and not with_diagnostics:
+            return grads, None, None, *_ema_guarded_balance(grads, state, params)
         G, norms = _norms(grads)
         g, bstate, binfo = _guarded_balance(grads, norms, state, params)
         return grads, G, norms, g, bstate, binfo
@@ -322,6 +326,24 @@ def make_step(
     def _guarded_balance(grads: TaskGradients, norms: torch.Tensor, state: StepState, params: TensorDict):
         _guard(grads.losses, norms, grads.tasks, params, lambda: grads.shared)
         return balancer.update(grads, state.balancer, params)
+
+    def _ema_guarded_balance(grads: TaskGradients, state: StepState, params: TensorDict):
+        # DB-MTL's ‖ĝ_t‖ (info["ema_norms"]) are non-finite whenever J_t is: ĝ_t = β_k ĝ_t + (1 − β_k) g_t
+        # with 1 − β_k > 0. Guarding on them after its update (the step is pure, so nothing is
+        # half-updated) skips the pass over J for ‖J_t‖, ~4 % of the step (benchmarks/RESULTS.md
+        # §10.10); info["grad_norms"] is then NaN, as for the cosines. Without normalization there
+        # are no EMA norms, and ‖J_t‖ is taken after the update instead. The losses and heads are
+        # checked first: the log transform would raise on a loss of -inf.
+        _guard(grads.losses, grads.losses, grads.tasks, params, lambda: grads.shared)
+        g, bstate, binfo = balancer.update(grads, state.balancer, params)
+        rows = binfo.get("ema_norms")
+        rows = row_norms(grads.shared) if rows is None else rows
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(rows).all()):
+            # (the losses and heads passed above) ‖ĝ_t‖ overflows for huge but finite gradients
+            finite = _finite_rows(grads.shared)
+            if not bool(finite.all()):
+                raise FloatingPointError(_nonfinite_error(task_names(params), grads.losses, finite))
+        return g, bstate, binfo
 
     def loss_method(params, state, batch):
         names = task_names(params)

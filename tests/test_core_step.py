@@ -37,13 +37,16 @@ def test_info_reports_losses_norms_weights_and_cosines(diagnostics):
     g = fmtl.task_gradients(loss_fn, params, batch)
     torch.testing.assert_close(info["losses"], g.losses)
     norms = fmtl.tree.row_norms(g.shared)
-    torch.testing.assert_close(info["grad_norms"], norms)
     J = torch.cat([v.reshape(3, -1) for v in g.shared.values(True, True)], 1)
     if diagnostics:
+        torch.testing.assert_close(info["grad_norms"], norms)
         cosine = torch.nn.functional.cosine_similarity(J[:, None], J[None], dim=-1)
         torch.testing.assert_close(info["cosine"], cosine)
-    else:  # the Gramian is skipped unless asked for
+    else:  # the Gramian and (DB-MTL guards on its ‖ĝ_t‖) the pass for ‖J_t‖ are skipped unless asked for
         assert info["cosine"].shape == (3, 3) and torch.isnan(info["cosine"]).all()
+        assert info["grad_norms"].shape == (3,) and torch.isnan(info["grad_norms"]).all()
+    # the first EMA is (1 − β) g_t of the log-transformed losses: ‖ĝ_t‖ = 0.1 ‖J_t‖ / (ℓ_t + ε)
+    torch.testing.assert_close(info["ema_norms"], 0.1 * norms / (g.losses + 1e-8))
     assert info["weights"].shape == (3,) and bool(info["ok"])
 
 
@@ -124,15 +127,31 @@ class _NaNGradient(torch.autograd.Function):
         return torch.where(g != 0, torch.full_like(g, float("nan")), g)
 
 
-def test_nan_gradient_with_finite_loss_is_named():
+class _InfGradient(_NaNGradient):
+    """Identity whose backward turns any nonzero cotangent into +inf."""
+
+    @staticmethod
+    def backward(ctx, g):
+        return torch.where(g != 0, torch.full_like(g, float("inf")), g)
+
+
+@pytest.mark.parametrize("bad", [_NaNGradient, _InfGradient], ids=["nan", "inf"])
+@pytest.mark.parametrize("kwargs", [{}, {"alpha": 1.0}, {"normalize": False}, {"diagnostics": True}],
+                         ids=["dbmtl", "constant_alpha", "no_ema", "diagnostics"])  # fmt: skip
+def test_a_non_finite_gradient_with_finite_loss_is_named(bad, kwargs):
+    """Without diagnostics DB-MTL's step guards on ‖ĝ_t‖, not ‖J_t‖: an inf row must still be named,
+    also where a constant α would give it the weight α/(∞ + ε) = 0 (and without the EMA)."""
     params, loss_fn, batch, _ = toy_problem(num_tasks=2)
 
     def loss_with_bad_gradient(p, b):
         bias = p["shared", "0", "bias"]
-        kink = _NaNGradient.apply(bias).sum() - bias.sum().detach()  # value 0, NaN gradient
+        kink = bad.apply(bias).sum() - bias.sum().detach()  # value 0, non-finite gradient
         return loss_fn(p, b) + torch.stack([kink, torch.zeros_like(kink)])
 
-    step = _step(loss_with_bad_gradient, fmtl.balancers.dbmtl(log_transform=False))
+    kwargs = dict(kwargs)
+    diagnostics = kwargs.pop("diagnostics", False)
+    step = fmtl.make_step(loss_with_bad_gradient, fmtl.balancers.dbmtl(log_transform=False, **kwargs),
+                          fmtl.optim.adam(1e-2), diagnostics=diagnostics)  # fmt: skip
     with pytest.raises(FloatingPointError, match="non-finite gradient in tasks \\['task0'\\]"):
         step(params, step.init(params), batch)
 
@@ -184,10 +203,13 @@ def test_compiled_step_equals_eager_never_recompiles_and_guards_nan():
 def test_huge_but_finite_gradients_are_not_called_non_finite():
     """‖J_t‖² overflows float32 for entries ~1e20; the guard must look at the entries, not the norm."""
     params, loss_fn, batch, _ = toy_problem(num_tasks=2, dtype=torch.float32)
-    step = fmtl.make_step(lambda p, b: loss_fn(p, b) * 1e20, fmtl.balancers.dbmtl(), fmtl.optim.adam(1e-3))
-    new, _, info = step(params, step.init(params), batch)
-    assert bool(info["ok"]) and torch.isinf(info["grad_norms"]).all()
-    assert all(torch.isfinite(v).all() for v in new.values(True, True))
+    for diagnostics in (False, True):
+        step = fmtl.make_step(lambda p, b: loss_fn(p, b) * 1e20, fmtl.balancers.dbmtl(), fmtl.optim.adam(1e-3),
+                              diagnostics=diagnostics)  # fmt: skip
+        new, _, info = step(params, step.init(params), batch)
+        # without diagnostics the guard is ‖ĝ_t‖ = 0.1‖J_t‖/(ℓ_t + ε), finite here; with them ‖J_t‖ overflows
+        assert bool(info["ok"]) and torch.isinf(info["grad_norms"]).all() == diagnostics
+        assert all(torch.isfinite(v).all() for v in new.values(True, True))
 
 
 @pytest.mark.parametrize("method", ["dbmtl", "ew"])

@@ -150,7 +150,9 @@ def dbmtl(
         normalize: the gradient-magnitude component (Sec. 3.2: EMA and normalization);
             ``False`` sums the (transformed) task gradients. Both off is EW (Table 5).
 
-    ``info["weights"]`` holds the coefficient applied to each ĝ_t, α/(‖ĝ_t‖+ε).
+    ``info["weights"]`` holds the coefficient applied to each ĝ_t, α/(‖ĝ_t‖+ε), and
+    ``info["ema_norms"]`` (with ``normalize``) the norms ‖ĝ_t‖. They are non-finite whenever J_t is
+    (1 − β_k > 0), so :func:`fmtl.make_step` guards on them instead of a pass over J.
 
     Example:
         >>> import torch, fmtl
@@ -201,6 +203,7 @@ def dbmtl(
         norms = ema_sq_norms(rows, scale).sqrt()
         weights = alpha_scale(alpha, norms) / (norms + eps)
         shared = combine(weights * scale, rows)
-        return assemble(shared, tasks), DBMTLState(count, rows, scale.to(state.scale.dtype)), {"weights": weights}
+        info = {"weights": weights, "ema_norms": norms}
+        return assemble(shared, tasks), DBMTLState(count, rows, scale.to(state.scale.dtype)), info
 
     return Balancer(init, update)
