@@ -330,10 +330,11 @@ def make_step(
     def _ema_guarded_balance(grads: TaskGradients, state: StepState, params: TensorDict):
         # DB-MTL's ‖ĝ_t‖ (info["ema_norms"]) are non-finite whenever J_t is: ĝ_t = β_k ĝ_t + (1 − β_k) g_t
         # with 1 − β_k > 0. Guarding on them after its update (the step is pure, so nothing is
-        # half-updated) skips the pass over J for ‖J_t‖, ~4 % of the step (benchmarks/RESULTS.md
+        # half-updated) skips the pass over J for ‖J_t‖, 2–3 % of the step (benchmarks/RESULTS.md
         # §10.10); info["grad_norms"] is then NaN, as for the cosines. Without normalization there
         # are no EMA norms, and ‖J_t‖ is taken after the update instead. The losses and heads are
-        # checked first: the log transform would raise on a loss of -inf.
+        # checked first (the losses stand in for the row norms, which come after): the log
+        # transform would raise on a loss of -inf.
         _guard(grads.losses, grads.losses, grads.tasks, params, lambda: grads.shared)
         g, bstate, binfo = balancer.update(grads, state.balancer, params)
         rows = binfo.get("ema_norms")
