@@ -14,8 +14,10 @@ numbers (up to the order of floating-point reductions):
 
 ``chunk_size`` (``jacrev``, ``vmap_grad``) runs at most that many of the T backwards at once.
 Eagerly each chunk's rows go straight into one preallocated [T, ...] buffer per leaf, so J is held
-once (``vmap(chunk_size=…)`` concatenates at the end and holds it twice): on the MLP at T = 40,
-chunks of 1 peak at 92 MiB against 129 MiB, and the loop's 174 MiB (``benchmarks/RESULTS.md``).
+once (``vmap(chunk_size=…)`` concatenates at the end and holds it twice). A chunk of one task is
+the eager loop itself, whose backwards add into the rows of J in place: on the MLP at T = 40 both
+peak at 90.6 MiB (the lean loop baseline, rows stacked at the end: 175.8), on the CNN 80.1 MiB
+(the baseline: 80.0; ``benchmarks/RESULTS.md`` §10.11).
 
 Costs worth knowing (measurements in ``benchmarks/RESULTS.md``):
 
@@ -131,11 +133,6 @@ def _jacrev(f: Callable, params: TensorDict, T: int, chunk_size: int | None):
     losses, pullback = vjp(f, params)
     eye = torch.eye(T, dtype=losses.dtype, device=losses.device)
     if chunk_size is not None and chunk_size < T and not _in_transform():
-        if chunk_size == 1:
-            # One task at a time needs no vmap, and vmap's batched backward costs memory the plain
-            # one does not: on the CNN at T = 40 the batched conv backward of a one-row chunk
-            # peaks at 89 MiB, the plain pullback at 81 (the loop: 79; benchmarks/RESULTS.md §10.8).
-            return losses, _chunked(lambda e: pullback(e[0])[0].apply(lambda v: v.unsqueeze(0)), eye, 1)
         return losses, _chunked(lambda e: vmap(pullback)(e)[0], eye, chunk_size)
     (J,) = vmap(pullback, chunk_size=chunk_size)(eye)
     return losses, J
@@ -190,6 +187,11 @@ def _autograd_loop(f: Callable, params: TensorDict, names: list[str]) -> TaskGra
     # Eager only. When ℓ = stack(ℓ_1, …, ℓ_T), each ℓ_t is its own root: its backward then
     # never visits the other heads, while a pullback of e_t through the stack sends zero
     # cotangents through all T heads (T² head backwards in all).
+    # Memory: the backward accumulates each leaf's gradient straight into row t of one zeroed
+    # [T, ...] buffer per leaf (AccumulateGrad adds in place into a .grad it did not make), so no
+    # whole row is ever held apart from J, nor J twice (a list of rows stacked at the end); and the
+    # last backward frees the graph's saved tensors as it goes (retain_graph=False), which no
+    # torch.func pullback can. 0 + g_t is g_t exactly.
     leaves = params.apply(lambda v: v.detach().requires_grad_())
     T = len(names)
     with torch.enable_grad():
@@ -198,19 +200,23 @@ def _autograd_loop(f: Callable, params: TensorDict, names: list[str]) -> TaskGra
             losses = f(leaves)
         roots = next((ts for ts, out in reversed(recorder.stacks) if out is losses and len(ts) == T), None)
         roots = roots if roots is not None else list(losses.unbind(0))
-        shared = list(leaves["shared"].values(True, True))
-        rows, heads = [], {}
+        keys = list(leaves["shared"].keys(True, True))
+        shared = [leaves["shared", k] for k in keys]
+        J = [x.new_zeros((T, *x.shape)) for x in shared]
+        heads = {}
         for t, name in enumerate(names):
             head = leaves["tasks", name]
-            inputs = shared + list(head.values(True, True))
-            g = torch.autograd.grad(roots[t], inputs, retain_graph=t < T - 1, allow_unused=True)
-            g = [torch.zeros_like(x) if d is None else d for d, x in zip(g, inputs, strict=True)]
-            rows.append(g[: len(shared)])
+            head_leaves = list(head.values(True, True))
+            for x, rows in zip(shared, J, strict=True):
+                x.grad = rows[t]  # the backward adds each leaf's gradient into row t in place
+            torch.autograd.backward(roots[t], inputs=shared + head_leaves, retain_graph=t < T - 1)
             heads[name] = head.empty(recurse=True).update(
-                dict(zip(head.keys(True, True), g[len(shared) :], strict=True))
-            )
-    keys = list(leaves["shared"].keys(True, True))
-    J = TensorDict({k: torch.stack([r[i] for r in rows]) for i, k in enumerate(keys)}, [T])
+                {k: torch.zeros_like(x) if x.grad is None else x.grad
+                 for k, x in zip(head.keys(True, True), head_leaves, strict=True)}
+            )  # fmt: skip
+            for x in shared + head_leaves:
+                x.grad = None
+    J = TensorDict(dict(zip(keys, J, strict=True)), [T])
     return TaskGradients(losses.detach(), J, TensorDict(heads, []))
 
 
@@ -245,7 +251,8 @@ def compute(
     """
     names = task_names(params)
     f = checked_loss(loss_fn, batch, names)
-    if strategy == "loop" and not _in_transform():
+    # a chunk of one task is the loop's schedule: eagerly, the same autograd loop (the lowest peak)
+    if (strategy == "loop" or (strategy == "jacrev" and chunk_size == 1)) and not _in_transform():
         return _autograd_loop(f, params, names)
     losses, J = _IMPLEMENTATIONS[strategy](f, params, len(names), chunk_size)
     return _pack(losses, J, names)
